@@ -1,0 +1,312 @@
+"""The stage cascade: recognise modalities, pick the preset, run rigid, affine
+and deformable registration, score each stage and keep only what helps.
+
+`register` is the one entry point shared by the command line, the Slicer
+logic and plain-Python users.  Every transform it returns follows the ITK
+convention: it maps a point of the fixed image's physical space to the
+corresponding point of the moving image's physical space, so resampling the
+moving image with it puts the moving image onto the fixed grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import SimpleITK as sitk
+
+from . import deformable, imageio, linear, score
+from .errors import InvalidInputError
+from .modality import ModalityGuess, identify_modality, parse_modality
+from .presets import Preset, PresetTable, load_preset_table
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("rigid", "affine", "deformable")
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class StageResult:
+    """What one stage produced and whether the pipeline kept it.
+
+    `transform` is the whole fixed-to-moving mapping after this stage (not the
+    increment), so any stage's result can be written and used on its own.
+    """
+
+    name: str
+    transform: sitk.Transform
+    score: float
+    accepted: bool
+    seconds: float
+    message: str = ""
+    inverse_transform: Optional[sitk.Transform] = None
+
+
+@dataclass
+class RegistrationResult:
+    """Everything a caller needs to use, check and report a registration."""
+
+    transform: sitk.Transform
+    inverse_transform: sitk.Transform
+    resampled_moving: sitk.Image
+    fixed_modality: ModalityGuess
+    moving_modality: ModalityGuess
+    preset: Preset
+    initial_score: float
+    stages: list = field(default_factory=list)
+    seconds: float = 0.0
+    score_description: str = ""
+
+    @property
+    def score(self) -> float:
+        """Score of the alignment finally returned (the last accepted stage)."""
+        accepted = [stage.score for stage in self.stages if stage.accepted]
+        return accepted[-1] if accepted else self.initial_score
+
+    def stage(self, name: str) -> StageResult:
+        """The result of the stage called `name` ('rigid', 'affine', 'deformable')."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"stage {name!r} did not run; stages run: {[s.name for s in self.stages]}")
+
+    def report(self) -> dict:
+        """A JSON-serialisable summary (the CLI's --report file)."""
+        return {
+            "fixed": self.fixed_modality.as_dict(),
+            "moving": self.moving_modality.as_dict(),
+            "preset": self.preset.name,
+            "score_description": self.score_description,
+            "initial_score": round(self.initial_score, 6),
+            "final_score": round(self.score, 6),
+            "stages": [
+                {
+                    "name": stage.name,
+                    "score": round(stage.score, 6),
+                    "accepted": stage.accepted,
+                    "seconds": round(stage.seconds, 3),
+                    "message": stage.message,
+                }
+                for stage in self.stages
+            ],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    fixed_modality: Optional[str] = None,
+    moving_modality: Optional[str] = None,
+    preset: Optional[Preset] = None,
+    stages: Sequence[str] = STAGE_NAMES,
+    fixed_mask: Optional[sitk.Image] = None,
+    moving_mask: Optional[sitk.Image] = None,
+    progress: Optional[ProgressCallback] = None,
+    preset_table: Optional[PresetTable] = None,
+    fixed_hints: Optional[Mapping[str, str]] = None,
+    moving_hints: Optional[Mapping[str, str]] = None,
+) -> RegistrationResult:
+    """Align `moving` to `fixed` with no choices asked of the user.
+
+    fixed, moving: SimpleITK 3D scalar images of any pixel type and orientation.
+    fixed_modality, moving_modality: 'T1', 'T2', 'FLAIR' or 'CT' to skip recognition.
+    preset: a row of the preset table to use instead of the one for the pair.
+    stages: which of 'rigid', 'affine', 'deformable' to run, in that order.
+        The deformable stage runs only when listed here *and* the preset enables
+        it by default, or when the caller passes a preset that enables it.
+    fixed_mask, moving_mask: optional binary masks narrowing the metric and score.
+    progress: called as progress(fraction, message); raise
+        `RegistrationCancelled` from it to stop.  Inputs are never modified.
+    preset_table: a table loaded from a user file (default: the bundled one).
+    fixed_hints, moving_hints: names and DICOM tags ('name', 'Modality',
+        'SeriesDescription', ...) that help recognise the modality.
+    """
+    start = time.perf_counter()
+    report = _progress_reporter(progress)
+    stages = _validated_stage_names(stages)
+    imageio.validate_image(fixed, "fixed image")
+    imageio.validate_image(moving, "moving image")
+    fixed_f = imageio.as_float32(fixed)
+    moving_f = imageio.as_float32(moving)
+    fixed_mask = imageio.validated_mask(fixed_mask, fixed, "fixed mask")
+    moving_mask = imageio.validated_mask(moving_mask, moving, "moving mask")
+
+    report(0.0, "recognising modalities")
+    fixed_guess = _modality(fixed_f, fixed_modality, fixed_hints)
+    moving_guess = _modality(moving_f, moving_modality, moving_hints)
+    table = preset_table or load_preset_table()
+    chosen = preset or table.lookup(fixed_guess.modality, moving_guess.modality)
+    cross_modality = fixed_guess.modality != moving_guess.modality
+    logger.info("fixed %s, moving %s, preset %s", fixed_guess, moving_guess, chosen.name)
+
+    fixed_head = imageio.head_mask(fixed_f)
+    moving_head = imageio.head_mask(moving_f)
+    scorer = score.AlignmentScorer(
+        fixed_f, moving_f, cross_modality=cross_modality,
+        fixed_mask=fixed_mask, moving_mask=moving_mask,
+        fixed_head=fixed_head, moving_head=moving_head,
+    )
+    identity = sitk.Euler3DTransform()
+    if imageio.same_image(fixed, moving):
+        return _identical_images_result(
+            fixed, moving, identity, fixed_guess, moving_guess, chosen, scorer, start, stages
+        )
+
+    if imageio.physical_overlap_fraction(fixed_f, moving_f) == 0.0 and "rigid" not in stages:
+        raise imageio.no_overlap_error()
+
+    current = identity
+    current_inverse = identity.GetInverse()
+    current_score = scorer(current)
+    initial_score = current_score
+    results = []
+    stage_fraction = 1.0 / max(1, len(stages))
+    for index, name in enumerate(stages):
+        stage_progress = _sub_progress(report, index * stage_fraction, stage_fraction, name)
+        stage_start = time.perf_counter()
+        outcome = _run_stage(
+            name, fixed_f, moving_f, current, chosen, cross_modality,
+            fixed_mask, moving_mask, fixed_head, moving_head, stage_progress,
+        )
+        if outcome is None:
+            continue
+        transform, inverse, message = outcome
+        new_score = scorer(transform)
+        accepted = new_score >= current_score - score.TOLERANCE
+        if not accepted:
+            message = (message + "; " if message else "") + (
+                f"rejected: score {new_score:.4f} is below {current_score:.4f}, previous result kept"
+            )
+        results.append(StageResult(
+            name=name, transform=transform, score=new_score, accepted=accepted,
+            seconds=time.perf_counter() - stage_start, message=message,
+            inverse_transform=inverse,
+        ))
+        logger.info("stage %s: score %.4f (%s) in %.1f s", name, new_score,
+                    "accepted" if accepted else "rejected", results[-1].seconds)
+        if accepted:
+            current, current_inverse, current_score = transform, inverse, new_score
+
+    report(1.0, "resampling the moving image")
+    return RegistrationResult(
+        transform=current,
+        inverse_transform=current_inverse,
+        resampled_moving=imageio.resample_onto(moving, fixed, current),
+        fixed_modality=fixed_guess,
+        moving_modality=moving_guess,
+        preset=chosen,
+        initial_score=initial_score,
+        stages=results,
+        seconds=time.perf_counter() - start,
+        score_description=scorer.description,
+    )
+
+
+def _run_stage(name, fixed, moving, current, preset, cross_modality,
+               fixed_mask, moving_mask, fixed_head, moving_head, progress):
+    """Run one stage from the current transform; None when it does not apply.
+
+    Returns (whole transform, its inverse, message).
+    """
+    if name == "rigid":
+        rigid = linear.register_rigid(
+            fixed, moving, preset.linear,
+            fixed_mask=_and_mask(fixed_mask, fixed_head),
+            moving_mask=_and_mask(moving_mask, moving_head),
+            progress=progress,
+        )
+        return rigid, rigid.GetInverse(), ""
+    if name == "affine":
+        affine = linear.register_affine(
+            fixed, moving, current, preset.linear,
+            fixed_mask=_and_mask(fixed_mask, fixed_head),
+            moving_mask=_and_mask(moving_mask, moving_head),
+            progress=progress,
+        )
+        return affine, affine.GetInverse(), ""
+    if name == "deformable":
+        if not preset.deformable_by_default:
+            logger.info("deformable stage skipped: preset %s does not run it by default", preset.name)
+            return None
+        outcome = deformable.register_deformable(
+            fixed, moving, current, preset.deformable,
+            fixed_mask=_and_mask(fixed_mask, fixed_head),
+            progress=progress,
+        )
+        forward = sitk.CompositeTransform([current, outcome.forward])
+        inverse = sitk.CompositeTransform([outcome.inverse, current.GetInverse()])
+        return forward, inverse, f"minimum Jacobian determinant {outcome.min_jacobian:.3f}"
+    raise AssertionError(name)
+
+
+def _identical_images_result(fixed, moving, identity, fixed_guess, moving_guess, preset,
+                             scorer, start, stages):
+    """The same image twice: identity with a perfect score, no work done."""
+    perfect = scorer(identity)
+    results = [
+        StageResult(name=name, transform=identity, score=perfect, accepted=True,
+                    seconds=0.0, message="identical images: identity",
+                    inverse_transform=identity)
+        for name in stages
+    ]
+    return RegistrationResult(
+        transform=identity, inverse_transform=identity,
+        resampled_moving=imageio.resample_onto(moving, fixed, identity),
+        fixed_modality=fixed_guess, moving_modality=moving_guess, preset=preset,
+        initial_score=perfect, stages=results, seconds=time.perf_counter() - start,
+        score_description=scorer.description,
+    )
+
+
+def _modality(image, forced, hints) -> ModalityGuess:
+    if forced is not None:
+        name = parse_modality(forced)
+        return ModalityGuess(name, 1.0, "given by the caller", "caller")
+    return identify_modality(image, hints)
+
+
+def _validated_stage_names(stages: Sequence[str]) -> tuple:
+    if isinstance(stages, str):
+        stages = [part.strip() for part in stages.split(",") if part.strip()]
+    names = tuple(str(stage).lower() for stage in stages)
+    unknown = [name for name in names if name not in STAGE_NAMES]
+    if unknown or not names:
+        raise InvalidInputError(f"unknown stages {unknown or '(none)'}: choose from "
+                                 f"{', '.join(STAGE_NAMES)}, e.g. 'rigid,affine'")
+    ordered = tuple(name for name in STAGE_NAMES if name in names)
+    if ordered != names:
+        raise InvalidInputError(f"stages must run in the order rigid, affine, deformable; got {list(names)}")
+    return names
+
+
+def _and_mask(user_mask, head_mask):
+    """The region the metric uses: the automatic head mask, narrowed by the user's mask."""
+    if user_mask is None:
+        return head_mask
+    return sitk.And(user_mask, head_mask) if _same_grid(user_mask, head_mask) else user_mask
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
+            and a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection())
+
+
+def _progress_reporter(progress: Optional[ProgressCallback]) -> ProgressCallback:
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(min(1.0, max(0.0, fraction)), message)
+    return report
+
+
+def _sub_progress(report: ProgressCallback, offset: float, width: float, stage: str) -> ProgressCallback:
+    """A progress callback for one stage that maps its 0..1 onto the whole run."""
+    def stage_progress(fraction: float, message: str) -> None:
+        report(offset + width * fraction, f"{stage}: {message}")
+    return stage_progress
+
