@@ -8,6 +8,7 @@ Every answer carries a confidence in [0, 1] and a one-line reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import logging
 import re
 from typing import Mapping, Optional, Tuple
 
@@ -16,6 +17,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from .errors import InvalidInputError
+
+_log = logging.getLogger(__name__)
 
 MODALITIES = ("T1", "T2", "FLAIR", "CT")
 
@@ -152,6 +155,7 @@ def _guess_from_name(hints: Mapping[str, str]) -> Optional[ModalityGuess]:
 _WORKING_SPACING_MM = 3.0
 _CT_PEAK_WINDOW = 0.05        # +-5 % of the air-to-tissue gap
 _CT_MIN_CONCENTRATION = 0.37  # CT >= 0.43 on real and template CTs, MR <= 0.30
+_CT_MIN_BONE_REACH = 0.3      # CT >= 0.39 (smoothed template), PD-weighted MR <= 0.2
 _CENTRAL_RADIUS_MM = 25.0
 _DARK_CSF_MIN = 0.33          # T1 / FLAIR >= 0.45, T2 / PD <= 0.23
 _WM_DEPTH_RATIO_T1 = 1.15     # T1 >= 1.3, FLAIR / T2 <= 1.1
@@ -208,7 +212,9 @@ def _ct_evidence(values: np.ndarray) -> Tuple[float, str]:
     In MR the tissue contrasts are a sizeable fraction of the signal itself,
     so that peak is several times broader.  The concentration measure is
     invariant to offset and scale (HU, HU+1024 storage, rescaled templates);
-    an air level near -1000 and a soft-tissue peak near 0, or a gap of about
+    Bone must also reach far above that peak (the top 0.5 % of the
+    foreground at least 0.3 gaps above it): a low-contrast PD image can have a
+    narrow peak too, but nothing that bright.  An air level near -1000 and a soft-tissue peak near 0, or a gap of about
     1000 units, only raise the confidence.
     """
     values = _without_padding(values)
@@ -225,6 +231,11 @@ def _ct_evidence(values: np.ndarray) -> Tuple[float, str]:
     if gap <= 0:
         return 0.0, "no tissue peak above the background"
     concentration = float(np.mean(np.abs(foreground - peak) < _CT_PEAK_WINDOW * gap))
+    bone_reach = float((np.percentile(foreground, 99.5) - peak) / gap)
+    _log.debug("CT evidence: air %.4g, peak %.4g, concentration %.3f, bone reach %.3f",
+               air, peak, concentration, bone_reach)
+    if bone_reach < _CT_MIN_BONE_REACH:
+        return 0.0, f"nothing far brighter than the tissue peak (bone reach {bone_reach:.2f})"
     hounsfield = -1150 <= air <= -850 and -150 <= peak <= 150
     shifted = 850 <= gap <= 1250
     score = 1 / (1 + np.exp(-(concentration - _CT_MIN_CONCENTRATION) / 0.03))
@@ -299,7 +310,7 @@ def _logistic(margin: float) -> float:
 
 def _mr_contrast(volume: np.ndarray, spacing: np.ndarray) -> ModalityGuess:
     """T1, T2 or FLAIR from where CSF and white matter sit in the intensity order."""
-    volume = volume - min(0.0, float(volume.min()))
+    volume = volume - float(np.percentile(volume, 0.5))  # MR signal is relative to the air
     brain = _brain_mask(volume)
     dark_tail, bright_tail = _central_contrast(volume, spacing, brain)
     csf_margin = min((dark_tail - _DARK_CSF_MIN) / 0.08, (dark_tail - bright_tail) / 0.1)
