@@ -396,3 +396,35 @@ def test_widget_shows_error_and_leaves_scene_unchanged_on_bad_input(scene, stand
     assert len(scene.util.displayedErrors) == 1 and "constant" in scene.util.displayedErrors[0]
     assert widget.ui.statusLabel.text.startswith("Failed")
     assert scene_state(scene) == before
+
+
+# --- packaging and the Slicer self-test -----------------------------------------------------------
+
+
+def test_cmake_lists_every_library_file_and_resource():
+    module_dir = ROOT / "OneClickRegistration"
+    cmake = (module_dir / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "OneClickRegistration")
+    listed = {line.strip() for line in cmake.splitlines() if line.strip().endswith((".py", ".png", ".ui", ".json", ".txt"))
+              and not line.strip().startswith("#")}
+    library = {f"OneClickRegistrationLib/{path.name}" for path in (module_dir / "OneClickRegistrationLib").glob("*.py")}
+    assert library <= listed, f"add to OneClickRegistration/CMakeLists.txt: {sorted(library - listed)}"
+    missing = sorted(name for name in listed if not (module_dir / name).is_file())
+    assert not missing, f"listed in OneClickRegistration/CMakeLists.txt but absent: {missing}"
+    for resource in ("Resources/Presets/presets.json", "Resources/Presets/presets.schema.json",
+                     "Resources/UI/OneClickRegistration.ui", "Resources/Icons/OneClickRegistration.png",
+                     "Resources/requirements.txt"):
+        assert resource in listed
+
+
+def test_self_test_error_measure(scene, standin, t1_path):
+    """The self-test's moved copy and mm error: zero for the exact inverse, the motion itself for identity."""
+    _slicer, module = standin
+    test = module.OneClickRegistrationTest
+    fixed = scene.util.loadVolume(str(t1_path))
+    moved, motion = test.movedCopy(fixed, 20.0, (10.0, -8.0, 8.0), "moved")
+    np.testing.assert_allclose(ijk_to_ras(scene, moved), motion @ ijk_to_ras(scene, fixed), atol=1e-9)
+    node = scene.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "truth")
+    scene.util.updateTransformMatrixFromArray(node, np.linalg.inv(motion))
+    assert test.errorsMm(node, motion, fixed).max() < 1e-6
+    scene.util.updateTransformMatrixFromArray(node, np.eye(4))
+    assert test.errorsMm(node, motion, fixed).min() > 5.0
