@@ -1,0 +1,405 @@
+"""The deformable stage: a diffeomorphic correction of what rigid and affine leave.
+
+Model: a stationary velocity field v on a working grid in the fixed image's
+physical space.  The displacement is u = exp(v) - id, computed by scaling and
+squaring, so the mapping x -> x + u(x) is a diffeomorphism and its inverse is
+exp(-v) (refined by a few fixed-point steps so that inverse o forward is the
+identity to a few hundredths of a millimetre).
+
+Optimisation: log-domain diffeomorphic demons (Vercauteren et al. 2008), run
+coarse to fine.  Each iteration warps the moving features, computes a demons
+update that vanishes where the images already agree, smooths it ("fluid"),
+adds it to v and smooths v ("diffusion"), the Gaussian regulariser.  The
+features make the metric:
+
+* 'lncc': intensities standardised by their local mean and standard deviation
+  (SSD of these is a local normalised cross-correlation), for same-modality pairs;
+* 'mind': MIND descriptors (Heinrich et al. 2012), a modality-independent
+  description of local self-similarity, for cross-modality pairs.
+
+The moving image is resampled once through the affine result onto the working
+grid, so the full mapping is A(x + u(x)) and the result is returned as a
+displacement field to compose after the affine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from . import deformable_kernels as kernels
+from .errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+
+METRICS = ("lncc", "mind")
+# Scaling and squaring starts from v / 2^N with |v| / 2^N below this (voxels).
+_SQUARING_START_VOXELS = 0.5
+# Fixed-point steps that refine exp(-v) into the inverse of exp(v).
+_INVERSE_REFINEMENT_STEPS = 6
+# Gaussian window of the local statistics (lncc) and patches (mind), in working voxels.
+_FEATURE_SIGMA_VOXELS = 1.0
+_LNCC_WINDOW_SIGMA_VOXELS = 2.0
+# How far the mask reaches beyond the head, in working voxels, so that edges count.
+_MASK_MARGIN_VOXELS = 2
+
+
+@dataclass(frozen=True)
+class DeformableSettings:
+    """The "deformable" object of a preset-table row.
+
+    run_by_default: whether the pipeline runs the stage for this pair.
+    metric: 'lncc' (same modality) or 'mind' (cross modality).
+    grid_spacings_mm: working-grid spacing per level, coarse to fine.
+    iterations: demons iterations per level (same length as grid_spacings_mm).
+    regularization_sigma_mm: Gaussian smoothing of the velocity field each
+        iteration; larger is stiffer and the main guard against inventing deformation.
+    update_sigma_mm: Gaussian smoothing of each update (fluid regularisation).
+    max_step_voxels: bound on the demons step; the update never exceeds half of it.
+    """
+
+    run_by_default: bool = True
+    metric: str = "mind"
+    grid_spacings_mm: tuple = (8.0, 4.0, 2.0)
+    iterations: tuple = (40, 30, 20)
+    regularization_sigma_mm: float = 3.0
+    update_sigma_mm: float = 2.0
+    max_step_voxels: float = 1.0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DeformableSettings":
+        """Validate a preset row's "deformable" object; errors name the bad key."""
+        if not isinstance(values, dict):
+            raise InvalidInputError(f"deformable: expected an object, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInputError(f"deformable.{unknown[0]}: unknown key; known keys: {', '.join(sorted(known))}")
+        merged = {f.name: values.get(f.name, f.default) for f in fields(cls)}
+        settings = cls(
+            run_by_default=_boolean(merged["run_by_default"], "run_by_default"),
+            metric=_metric(merged["metric"]),
+            grid_spacings_mm=_positive_list(merged["grid_spacings_mm"], "grid_spacings_mm", float),
+            iterations=_positive_list(merged["iterations"], "iterations", int),
+            regularization_sigma_mm=_positive(merged["regularization_sigma_mm"], "regularization_sigma_mm"),
+            update_sigma_mm=_positive(merged["update_sigma_mm"], "update_sigma_mm", allow_zero=True),
+            max_step_voxels=_positive(merged["max_step_voxels"], "max_step_voxels"),
+        )
+        if len(settings.iterations) != len(settings.grid_spacings_mm):
+            raise InvalidInputError(
+                f"deformable.iterations: needs one entry per level of grid_spacings_mm "
+                f"({len(settings.grid_spacings_mm)}), got {len(settings.iterations)}")
+        if list(settings.grid_spacings_mm) != sorted(settings.grid_spacings_mm, reverse=True):
+            raise InvalidInputError("deformable.grid_spacings_mm: must go from coarse to fine (decreasing)")
+        return settings
+
+
+@dataclass
+class DeformableOutcome:
+    """The deformable stage's result, to compose after the affine.
+
+    forward: displacement field u on a grid in fixed space; the full mapping
+        is CompositeTransform([affine, forward]): x -> A(x + u(x)).
+    inverse: its inverse field; CompositeTransform([inverse, affine.GetInverse()])
+        maps moving points back to fixed points.
+    min_jacobian: smallest Jacobian determinant of x -> x + u(x) over the fixed grid.
+    """
+
+    forward: sitk.DisplacementFieldTransform
+    inverse: sitk.DisplacementFieldTransform
+    min_jacobian: float
+    seconds: float
+    max_displacement_mm: float
+    iterations_run: tuple
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """An isotropic working grid sharing origin and direction with the fixed image."""
+
+    origin: tuple
+    direction: tuple
+    spacing: float
+    size: tuple  # SimpleITK order (x, y, z)
+
+    @classmethod
+    def covering(cls, image: sitk.Image, spacing: float) -> "_Grid":
+        extent = [(n - 1) * s for n, s in zip(image.GetSize(), image.GetSpacing())]
+        size = tuple(max(2, int(math.ceil(e / spacing)) + 1) for e in extent)
+        return cls(image.GetOrigin(), image.GetDirection(), float(spacing), size)
+
+    @property
+    def shape(self) -> tuple:
+        """numpy order (z, y, x)."""
+        return self.size[::-1]
+
+    def reference(self) -> sitk.Image:
+        image = sitk.Image(list(self.size), sitk.sitkUInt8)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        image.SetSpacing([self.spacing] * 3)
+        return image
+
+
+def register_deformable(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    initial_transform: sitk.Transform,
+    settings: DeformableSettings,
+    *,
+    fixed_mask: Optional[sitk.Image] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> DeformableOutcome:
+    """Find the smooth diffeomorphic correction u with moving(A(x + u(x))) ~ fixed(x).
+
+    fixed, moving: float32 3D images in their own geometry; initial_transform: A,
+    fixed -> moving (ITK convention).  fixed_mask: head mask on the fixed grid,
+    where the images drive the deformation.  progress(fraction, message) may
+    raise RegistrationCancelled, which propagates.  Inputs are not modified.
+    """
+    start = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "preparing images")
+    grids = [_Grid.covering(fixed, spacing) for spacing in settings.grid_spacings_mm]
+    finest = grids[-1]
+    fixed_work = _to_grid(fixed, sitk.Transform(3, sitk.sitkIdentity), finest)
+    moving_work = _to_grid(moving, initial_transform, finest)
+    mask_work = _mask_on_grid(fixed_mask, finest)
+
+    velocity = None
+    total_iterations = sum(settings.iterations)
+    done = 0
+    iterations_run = []
+    for level, (grid, iterations) in enumerate(zip(grids, settings.iterations)):
+        ratio = grid.spacing / finest.spacing
+        fixed_level = _downsample(fixed_work, finest, grid, ratio)
+        moving_level = _downsample(moving_work, finest, grid, ratio)
+        mask_level = _downsample_mask(mask_work, finest, grid, ratio)
+        fixed_features = _features(fixed_level, settings.metric)
+        moving_features = _features(moving_level, settings.metric)
+        velocity = _upsampled_velocity(velocity, previous_grid, grid) if velocity is not None \
+            else np.zeros((3,) + grid.shape, dtype=np.float32)
+        fluid = _gaussian_kernel(settings.update_sigma_mm / grid.spacing)
+        diffusion = _gaussian_kernel(settings.regularization_sigma_mm / grid.spacing)
+        step = np.float32(settings.max_step_voxels)
+        for iteration in range(iterations):
+            report(done / total_iterations,
+                   f"level {level + 1}/{len(grids)} ({grid.spacing:g} mm), iteration {iteration + 1}/{iterations}")
+            displacement = _exponential(velocity)
+            warped = kernels.warp(moving_features, displacement)
+            update, energy = kernels.demons_step(fixed_features, warped, mask_level, step)
+            if fluid is not None:
+                update = kernels.smooth(update, fluid)
+            velocity = kernels.smooth(velocity + update, diffusion)
+            done += 1
+        iterations_run.append(iterations)
+        logger.info("deformable level %d (%.3g mm): energy %.5g", level + 1, grid.spacing,
+                    energy / max(1, int(mask_level.sum())))
+        previous_grid = grid
+
+    report(0.95, "inverting the field")
+    forward = _exponential(velocity)
+    inverse = _inverted(forward, _exponential(-velocity))
+    min_jacobian = _min_jacobian_on_fixed_grid(forward, finest, fixed)
+    max_displacement = float(np.sqrt((forward ** 2).sum(axis=0)).max() * finest.spacing)
+    seconds = time.perf_counter() - start
+    logger.info("deformable stage: max displacement %.2f mm, min Jacobian %.3f, %.1f s",
+                max_displacement, min_jacobian, seconds)
+    report(1.0, "done")
+    return DeformableOutcome(
+        forward=_displacement_transform(forward, finest),
+        inverse=_displacement_transform(inverse, finest),
+        min_jacobian=min_jacobian,
+        seconds=seconds,
+        max_displacement_mm=max_displacement,
+        iterations_run=tuple(iterations_run),
+    )
+
+
+def _to_grid(image: sitk.Image, transform: sitk.Transform, grid: _Grid) -> np.ndarray:
+    """image(transform(x)) on the grid, smoothed first so that it does not alias."""
+    sigma = _anti_alias_sigma(image.GetSpacing(), grid.spacing)
+    source = sitk.Cast(image, sitk.sitkFloat32)
+    if sigma > 0:
+        source = sitk.SmoothingRecursiveGaussian(source, sigma)
+    background = float(sitk.GetArrayViewFromImage(image).min())
+    resampled = sitk.Resample(source, grid.reference(), transform, sitk.sitkLinear, background,
+                              sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
+
+
+def _anti_alias_sigma(spacing, target_spacing: float) -> float:
+    """Gaussian sigma (mm) taking an image of `spacing` down to `target_spacing`."""
+    finest_spacing = min(spacing)
+    return 0.5 * math.sqrt(max(0.0, target_spacing ** 2 - finest_spacing ** 2))
+
+
+def _mask_on_grid(mask: Optional[sitk.Image], grid: _Grid) -> np.ndarray:
+    """The fixed mask on the working grid, grown by a margin; everything when no mask."""
+    if mask is None:
+        return np.ones(grid.shape, dtype=np.uint8)
+    resampled = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkUInt8), grid.reference(),
+                              sitk.Transform(3, sitk.sitkIdentity), sitk.sitkNearestNeighbor, 0)
+    array = sitk.GetArrayFromImage(resampled) > 0
+    if not array.any():
+        return np.ones(grid.shape, dtype=np.uint8)
+    return ndimage.binary_dilation(array, iterations=_MASK_MARGIN_VOXELS).astype(np.uint8)
+
+
+def _downsample(volume: np.ndarray, finest: _Grid, grid: _Grid, ratio: float) -> np.ndarray:
+    """A finest-grid volume on a coarser grid of the pyramid (smoothed, then sampled)."""
+    if ratio == 1.0:
+        return volume
+    kernel = _gaussian_kernel(0.5 * math.sqrt(ratio ** 2 - 1.0))
+    smoothed = kernels.smooth(volume[np.newaxis], kernel)
+    index_ratio = np.full(3, ratio, dtype=np.float32)
+    return kernels.resample_scaled(smoothed, np.array(grid.shape, dtype=np.int64), index_ratio,
+                                   np.float32(1.0))[0]
+
+
+def _downsample_mask(mask: np.ndarray, finest: _Grid, grid: _Grid, ratio: float) -> np.ndarray:
+    """A mask on a coarser grid: any finest voxel nearby counts."""
+    if ratio == 1.0:
+        return mask
+    coarse = _downsample(mask.astype(np.float32), finest, grid, ratio)
+    return (coarse > 0.01).astype(np.uint8)
+
+
+def _features(volume: np.ndarray, metric: str) -> np.ndarray:
+    """The channels the demons force compares, shaped (channels, z, y, x)."""
+    if metric == "lncc":
+        return _locally_standardised(volume)[np.newaxis]
+    return _mind_descriptors(volume)
+
+
+def _locally_standardised(volume: np.ndarray) -> np.ndarray:
+    """(I - local mean) / local std with a Gaussian window; SSD of these is local NCC."""
+    window = _gaussian_kernel(_LNCC_WINDOW_SIGMA_VOXELS)
+    stacked = np.stack([volume, volume * volume])
+    local_mean, local_square = kernels.smooth(stacked, window)
+    variance = np.maximum(local_square - local_mean * local_mean, 0.0)
+    floor = np.float32(1e-3) * max(float(volume.var()), 1e-12)
+    return ((volume - local_mean) / np.sqrt(variance + floor)).astype(np.float32)
+
+
+def _mind_descriptors(volume: np.ndarray) -> np.ndarray:
+    """Six-neighbourhood MIND: exp(-patch distance / local variance) per direction."""
+    patch = _gaussian_kernel(_FEATURE_SIGMA_VOXELS)
+    shifted_differences = []
+    for axis in range(3):
+        for offset in (-1, 1):
+            neighbour = _shifted(volume, axis, offset)
+            shifted_differences.append((volume - neighbour) ** 2)
+    distances = kernels.smooth(np.stack(shifted_differences).astype(np.float32), patch)
+    variance = distances.mean(axis=0)
+    mean_variance = max(float(variance.mean()), 1e-12)
+    variance = np.clip(variance, 1e-3 * mean_variance, 1e3 * mean_variance)
+    return np.exp(-distances / variance).astype(np.float32)
+
+
+def _shifted(volume: np.ndarray, axis: int, offset: int) -> np.ndarray:
+    """volume at index + offset along axis, edge values repeated."""
+    padded = np.pad(volume, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
+    start = 1 + offset
+    return np.take(padded, range(start, start + volume.shape[axis]), axis=axis)
+
+
+def _gaussian_kernel(sigma_voxels: float) -> Optional[np.ndarray]:
+    """Normalised 1D Gaussian truncated at 3 sigma; None when sigma is negligible."""
+    if sigma_voxels < 0.1:
+        return None
+    radius = max(1, int(math.ceil(3.0 * sigma_voxels)))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma_voxels) ** 2)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _upsampled_velocity(velocity: np.ndarray, coarse: _Grid, fine: _Grid) -> np.ndarray:
+    """A coarse-level velocity on the next finer grid, in the finer grid's voxel units."""
+    ratio = fine.spacing / coarse.spacing
+    index_ratio = np.full(3, ratio, dtype=np.float32)
+    return kernels.resample_scaled(velocity, np.array(fine.shape, dtype=np.int64), index_ratio,
+                                   np.float32(1.0 / ratio))
+
+
+def _exponential(velocity: np.ndarray) -> np.ndarray:
+    """exp(v) - id by scaling and squaring (voxel units)."""
+    largest = float(np.sqrt((velocity ** 2).sum(axis=0)).max())
+    squarings = max(0, int(math.ceil(math.log2(max(largest, 1e-6) / _SQUARING_START_VOXELS))))
+    displacement = (velocity / np.float32(2 ** squarings)).astype(np.float32)
+    for _ in range(squarings):
+        displacement = kernels.compose(displacement, displacement)
+    return displacement
+
+
+def _inverted(forward: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+    """Refine w so that w(y) = -u(y + w(y)), i.e. (id + u) o (id + w) = id."""
+    inverse = estimate
+    for _ in range(_INVERSE_REFINEMENT_STEPS):
+        inverse = -kernels.warp(forward, inverse)
+    return inverse
+
+
+def _min_jacobian_on_fixed_grid(displacement: np.ndarray, grid: _Grid, fixed: sitk.Image) -> float:
+    """min det of the Jacobian of x -> x + u(x) at every fixed voxel.
+
+    The working grid shares origin and direction with the fixed image and is
+    isotropic, so the determinant in voxel units equals the physical one.
+    """
+    index_ratio = np.array(fixed.GetSpacing()[::-1], dtype=np.float32) / np.float32(grid.spacing)
+    shape = np.array(fixed.GetSize()[::-1], dtype=np.int64)
+    return float(kernels.min_jacobian_at(displacement, shape, index_ratio))
+
+
+def _displacement_transform(displacement: np.ndarray, grid: _Grid) -> sitk.DisplacementFieldTransform:
+    """A voxel-unit (z, y, x) field as a physical-space SimpleITK displacement transform."""
+    direction = np.array(grid.direction, dtype=np.float64).reshape(3, 3)
+    index_vectors = np.moveaxis(displacement[::-1], 0, -1).astype(np.float64)  # (z, y, x, [dx, dy, dz])
+    physical = (index_vectors * grid.spacing) @ direction.T
+    image = sitk.GetImageFromArray(physical, isVector=True)
+    image.SetOrigin(grid.origin)
+    image.SetSpacing([grid.spacing] * 3)
+    image.SetDirection(grid.direction)
+    return sitk.DisplacementFieldTransform(image)
+
+
+def _boolean(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"deformable.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _metric(value) -> str:
+    if value not in METRICS:
+        raise InvalidInputError(f"deformable.metric: expected one of {', '.join(METRICS)}, got {value!r}")
+    return value
+
+
+def _positive(value, key: str, allow_zero: bool = False) -> float:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "a positive number"
+        raise InvalidInputError(f"deformable.{key}: expected {bound}, got {value!r}")
+    return float(value)
+
+
+def _positive_list(value, key: str, kind) -> tuple:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise InvalidInputError(f"deformable.{key}: expected a non-empty list, got {value!r}")
+    items = []
+    for item in value:
+        wrong_type = isinstance(item, bool) or not isinstance(item, (int, float)) \
+            or (kind is int and not float(item).is_integer())
+        if wrong_type or not math.isfinite(item) or item <= 0:
+            raise InvalidInputError(f"deformable.{key}: expected positive {kind.__name__}s, got {value!r}")
+        items.append(kind(item))
+    return tuple(items)
