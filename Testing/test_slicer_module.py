@@ -330,8 +330,6 @@ def _widget_with_moved_pair(scene, module, t1_path):
     widget = make_widget(module)
     widget.ui.affineCheckBox.setChecked(False)
     widget.ui.deformableCheckBox.setChecked(False)
-    widget.ui.fixedModalityComboBox.setCurrentText("T1")
-    widget.ui.movingModalityComboBox.setCurrentText("T1")
     return widget, fixed, moving, motion
 
 
@@ -351,7 +349,7 @@ def test_widget_register_path_shows_result_and_undo_restores_scene(scene, standi
     np.testing.assert_allclose(scene.util.arrayFromTransformMatrix(outcome.transformNode) @ motion,
                                np.eye(4), atol=0.02)
     text = widget.ui.resultTextEdit.plainText
-    assert "Preset: T1-T1" in text and "rigid: score" in text and "good" in text and "Total time" in text
+    assert "Fixed: T1" in text and "Moving: T1" in text and "Preset: T1-T1" in text and "rigid: score" in text and "good" in text and "Total time" in text
     assert widget.ui.statusLabel.text.startswith("Done")
     assert progress and max(progress) <= 100
     assert widget.ui.registerButton.text == "Register" and widget.ui.registerButton.enabled
