@@ -1,0 +1,325 @@
+"""The linear stages: initialisation, rotation search, rigid, then affine.
+
+Built on SimpleITK's registration framework, with the pieces kept apart:
+- the metric images: intensities rank-normalised inside the head, so that
+  mutual information spends its histogram bins on tissue, not on air or on
+  a CT's bone tail;
+- initialisation: head centres of mass, then a coarse search over proper
+  rotations (no reflections: left and right are never swapped) that keeps
+  the few best candidates and refines each briefly;
+- the rigid and affine optimisations: multi-resolution, parameters scaled
+  from physical shifts, deterministic regular sampling.
+
+Transforms follow the ITK convention: fixed physical point -> moving point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from . import imageio
+from .errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("mattes_mi", "correlation")
+# Mattes MI samples at most this many voxels per level: enough for a stable
+# gradient, few enough to keep a 1 mm head fast.
+MAX_METRIC_SAMPLES = 60_000
+SEARCH_SPACING_MM = 6.0
+SHAPE_BLUR_MM = 4.0
+SHAPE_FIT_ITERATIONS = 100
+REFINED_CANDIDATES = 4
+COARSE_REFINE_ITERATIONS = 60
+SAMPLING_SEED = 20240607
+ProgressCallback = Optional[Callable[[float, str], None]]
+
+
+@dataclass(frozen=True)
+class LinearSettings:
+    """The linear part of a preset-table row (see presets.schema.json)."""
+
+    metric: str
+    histogram_bins: int
+    sampling_fraction: float
+    shrink_factors: Tuple[int, ...]
+    smoothing_sigmas_mm: Tuple[float, ...]
+    rigid_iterations: Tuple[int, ...]
+    affine_iterations: Tuple[int, ...]
+    rotation_search_deg: float
+    rotation_step_deg: float
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LinearSettings":
+        """Build from a table row's "linear" object, naming the first bad key."""
+        try:
+            settings = cls(
+                metric=str(values["metric"]),
+                histogram_bins=int(values["histogram_bins"]),
+                sampling_fraction=float(values["sampling_fraction"]),
+                shrink_factors=tuple(int(v) for v in values["shrink_factors"]),
+                smoothing_sigmas_mm=tuple(float(v) for v in values["smoothing_sigmas_mm"]),
+                rigid_iterations=tuple(int(v) for v in values["rigid_iterations"]),
+                affine_iterations=tuple(int(v) for v in values["affine_iterations"]),
+                rotation_search_deg=float(values["rotation_search_deg"]),
+                rotation_step_deg=float(values["rotation_step_deg"]),
+            )
+        except KeyError as missing:
+            raise InvalidInputError(f"linear settings lack the key {missing}") from None
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"linear settings have a value of the wrong type: {error}") from None
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        levels = len(self.shrink_factors)
+        problems = []
+        if self.metric not in METRICS:
+            problems.append(f"metric {self.metric!r} is not one of {METRICS}")
+        if not 8 <= self.histogram_bins <= 256:
+            problems.append("histogram_bins must be between 8 and 256")
+        if not 0 < self.sampling_fraction <= 1:
+            problems.append("sampling_fraction must be in (0, 1]")
+        if levels == 0 or any(f < 1 for f in self.shrink_factors):
+            problems.append("shrink_factors must be a non-empty list of integers >= 1")
+        for key in ("smoothing_sigmas_mm", "rigid_iterations", "affine_iterations"):
+            if len(getattr(self, key)) != levels:
+                problems.append(f"{key} must have one entry per level ({levels})")
+        if not 0 <= self.rotation_search_deg <= 180 or self.rotation_step_deg <= 0:
+            problems.append("rotation_search_deg must be in [0, 180] and rotation_step_deg > 0")
+        if problems:
+            raise InvalidInputError("linear settings: " + "; ".join(problems))
+
+
+def metric_image(image: sitk.Image, mask: sitk.Image, levels: int = 256) -> sitk.Image:
+    """Intensities mapped to their rank (0..1) among the head voxels.
+
+    Mutual information is blind to monotonic intensity changes in theory but
+    not once intensities are binned: a CT's range (air to dense bone) would
+    put all of the brain into one or two bins.  Ranking spreads tissue over
+    the bins for every modality alike.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    inside = values[sitk.GetArrayViewFromImage(mask).astype(bool)]
+    step = max(1, inside.size // 500_000)
+    quantiles = np.unique(np.percentile(inside[::step], np.linspace(0, 100, levels)))
+    if quantiles.size < 2:
+        quantiles = np.array([float(values.min()), float(values.max()) + 1.0])
+    ranks = np.interp(values, quantiles, np.linspace(0.0, 1.0, quantiles.size)).astype(np.float32)
+    result = sitk.GetImageFromArray(ranks)
+    result.CopyInformation(image)
+    return result
+
+
+def initial_rigid(fixed_mask: sitk.Image, moving_mask: sitk.Image) -> sitk.Euler3DTransform:
+    """Rotation-free start that maps the fixed head's centre of mass onto the moving head's."""
+    fixed_center = imageio.mask_center(fixed_mask)
+    moving_center = imageio.mask_center(moving_mask)
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(fixed_center.tolist())
+    transform.SetTranslation((moving_center - fixed_center).tolist())
+    return transform
+
+
+def candidate_rotations(max_deg: float, step_deg: float):
+    """Euler angle triples (radians) on a grid covering +-max_deg about each axis."""
+    count = int(np.floor(max_deg / step_deg + 1e-9))
+    angles = np.deg2rad(np.arange(-count, count + 1) * step_deg)
+    return list(itertools.product(angles, angles, angles))
+
+
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: LinearSettings, *,
+                   fixed_mask: sitk.Image, moving_mask: sitk.Image,
+                   progress: ProgressCallback = None) -> sitk.Euler3DTransform:
+    """Rigid fixed->moving transform from scratch: centres, rotation search, multi-resolution fit."""
+    report = progress or (lambda fraction, message: None)
+    fixed_metric = metric_image(fixed, fixed_mask)
+    moving_metric = metric_image(moving, moving_mask)
+    start = initial_rigid(fixed_mask, moving_mask)
+    report(0.05, "searching rotations")
+    best = _search_rotations(fixed_metric, moving_metric, fixed_mask, moving_mask, start, settings, report)
+    fitted = _fit(fixed_metric, moving_metric, fixed_mask, best, settings, settings.rigid_iterations,
+                  _level_progress(report, 0.5, 0.5))
+    return _as_euler(fitted)
+
+
+def register_affine(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform,
+                    settings: LinearSettings, *, fixed_mask: sitk.Image, moving_mask: sitk.Image,
+                    progress: ProgressCallback = None) -> sitk.AffineTransform:
+    """Affine fixed->moving transform starting from `initial` (the rigid result)."""
+    report = progress or (lambda fraction, message: None)
+    fixed_metric = metric_image(fixed, fixed_mask)
+    moving_metric = metric_image(moving, moving_mask)
+    center = imageio.mask_center(fixed_mask)
+    fitted = _fit(fixed_metric, moving_metric, fixed_mask, _as_affine(initial, center), settings,
+                  settings.affine_iterations, _level_progress(report, 0.0, 1.0))
+    affine = _as_affine(fitted, center)
+    if np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) <= 0:
+        raise InvalidInputError("the affine fit collapsed or mirrored the image; keep the rigid result")
+    return affine
+
+
+def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, report):
+    """Best rigid start: rotations scored on head shape, the best few refined on intensities.
+
+    Mutual information has a narrow basin (a few degrees at a coarse scale),
+    so a grid of rotations scored with it misses the truth between grid
+    points.  The head's shape, blurred, has a basin tens of degrees wide and
+    looks alike in every modality: it ranks the grid; the top candidates are
+    then fitted on shape and on intensities, and the best intensity match wins.
+    """
+    shape = _ShapeComparison(fixed_mask, moving_mask)
+    rotations = candidate_rotations(settings.rotation_search_deg, settings.rotation_step_deg)
+    scores = [shape.correlation(_rotated(start, angles)) for angles in rotations]
+    order = np.argsort(-np.asarray(scores), kind="stable")[:REFINED_CANDIDATES]
+    coarse_shrink = max(settings.shrink_factors)
+    coarse_sigma = max(settings.smoothing_sigmas_mm)
+    refined = []
+    for rank, index in enumerate(order):
+        report(0.1 + 0.4 * rank / len(order), f"refining rotation candidate {rank + 1} of {len(order)}")
+        candidate = shape.fit(_rotated(start, rotations[index]))
+        method = _single_level_method(fixed_mask, settings, coarse_shrink, coarse_sigma, COARSE_REFINE_ITERATIONS)
+        method.SetInitialTransform(candidate, inPlace=False)
+        result = _as_euler(method.Execute(fixed, moving))
+        refined.append((method.GetMetricValue(), rank, result))
+    best_value, _, best = min(refined, key=lambda item: (item[0], item[1]))
+    logger.info("rotation search: %d rotations, best coarse metric %.4f", len(rotations), best_value)
+    return best
+
+
+def _rotated(start: sitk.Euler3DTransform, angles) -> sitk.Euler3DTransform:
+    candidate = sitk.Euler3DTransform(start)
+    candidate.SetRotation(*angles)
+    return candidate
+
+
+class _ShapeComparison:
+    """Correlation of the two blurred head masks, evaluated quickly at coarse scale."""
+
+    def __init__(self, fixed_mask: sitk.Image, moving_mask: sitk.Image):
+        self.fixed = self._blurred(fixed_mask)
+        self.moving = self._blurred(moving_mask)
+        fixed_values = sitk.GetArrayViewFromImage(self.fixed).ravel().astype(np.float64)
+        self._fixed_centered = fixed_values - fixed_values.mean()
+        self._points = _grid_points(self.fixed)
+        self._moving_array = sitk.GetArrayFromImage(self.moving)
+        self._to_moving_index = _physical_to_index_matrix(self.moving)
+        self._moving_origin = np.asarray(self.moving.GetOrigin())
+
+    @staticmethod
+    def _blurred(mask: sitk.Image) -> sitk.Image:
+        smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(mask, sitk.sitkFloat32), SHAPE_BLUR_MM)
+        return imageio.shrink_to_spacing(smooth, SEARCH_SPACING_MM)
+
+    def correlation(self, transform: sitk.Euler3DTransform) -> float:
+        """NCC between the fixed blurred mask and the moving one seen through `transform`."""
+        matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+        center = np.asarray(transform.GetCenter())
+        moved = (self._points - center) @ matrix.T + center + np.asarray(transform.GetTranslation())
+        index = (moved - self._moving_origin) @ self._to_moving_index.T
+        values = ndimage.map_coordinates(self._moving_array, index[:, ::-1].T, order=1, cval=0.0)
+        values = values - values.mean()
+        denominator = np.sqrt(np.dot(values, values) * np.dot(self._fixed_centered, self._fixed_centered))
+        return float(np.dot(values, self._fixed_centered) / denominator) if denominator > 0 else 0.0
+
+    def fit(self, transform: sitk.Euler3DTransform) -> sitk.Euler3DTransform:
+        """Rigid fit of the blurred masks from `transform` (widens the intensity metric's basin)."""
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsCorrelation()
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=SEARCH_SPACING_MM, minStep=0.05, numberOfIterations=SHAPE_FIT_ITERATIONS,
+            relaxationFactor=0.6)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetInitialTransform(sitk.Euler3DTransform(transform), inPlace=False)
+        return _as_euler(method.Execute(self.fixed, self.moving))
+
+
+def _grid_points(image: sitk.Image) -> np.ndarray:
+    """Physical coordinates of every voxel centre, in numpy (z, y, x) ravel order, shape (N, 3)."""
+    size = image.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in reversed(size)), indexing="ij")
+    index = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return index * np.asarray(image.GetSpacing()) @ direction.T + np.asarray(image.GetOrigin())
+
+
+def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return np.linalg.inv(direction * np.asarray(image.GetSpacing()))
+
+
+def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progress):
+    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count."""
+    transform = initial
+    levels = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations))
+    for level, (shrink, sigma, count) in enumerate(levels):
+        level_progress(level, len(levels))
+        method = _single_level_method(fixed_mask, settings, shrink, sigma, count)
+        method.SetInitialTransform(transform, inPlace=False)
+        result = method.Execute(fixed, moving)
+        logger.debug("level %d: metric %.5f, %s", level, method.GetMetricValue(),
+                     method.GetOptimizerStopConditionDescription())
+        transform = _innermost(result)
+    return transform
+
+
+def _single_level_method(fixed_mask, settings, shrink, sigma_mm, iterations):
+    """A SimpleITK registration at one pyramid level: metric, sampling, optimizer."""
+    method = sitk.ImageRegistrationMethod()
+    if settings.metric == "mattes_mi":
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
+    else:
+        method.SetMetricAsCorrelation()
+    mask_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
+    fraction = min(settings.sampling_fraction, MAX_METRIC_SAMPLES * shrink ** 3 / max(mask_voxels, 1))
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(fraction, SAMPLING_SEED)
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=max(0.25, 0.5 * shrink), minStep=1e-3, numberOfIterations=int(iterations),
+        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([int(shrink)])
+    method.SetSmoothingSigmasPerLevel([float(sigma_mm)])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def _level_progress(report, offset, width):
+    """Report the start of each pyramid level as a fraction of this stage."""
+    def level_progress(level, levels):
+        report(offset + width * level / levels, f"resolution level {level + 1} of {levels}")
+    return level_progress
+
+
+def _innermost(transform: sitk.Transform) -> sitk.Transform:
+    """The optimised transform that SimpleITK returns wrapped in a composite."""
+    if isinstance(transform, sitk.CompositeTransform):
+        return transform.GetNthTransform(transform.GetNumberOfTransforms() - 1)
+    return transform
+
+
+def _as_euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
+    return sitk.Euler3DTransform(_innermost(transform))
+
+
+def _as_affine(transform: sitk.Transform, center) -> sitk.AffineTransform:
+    """An AffineTransform equal to `transform` (a matrix-offset transform), centred at `center`."""
+    transform = _innermost(transform)
+    generic = sitk.AffineTransform(3)
+    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    center = np.asarray(center, dtype=float)
+    generic.SetMatrix(matrix.ravel().tolist())
+    generic.SetCenter(center.tolist())
+    generic.SetTranslation((offset + matrix @ center - center).tolist())
+    return generic

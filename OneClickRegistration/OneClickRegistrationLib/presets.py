@@ -1,0 +1,101 @@
+"""The preset table: one row of registration settings per modality pair.
+
+The bundled table lives in the module's Resources/Presets/presets.json (its
+JSON schema beside it documents every key).  A user may pass a table of
+their own; it is validated on load and every error names the bad row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, FrozenSet, Optional, Tuple
+
+from . import deformable
+from .errors import InvalidInputError
+from .linear import LinearSettings
+from .modality import MODALITIES
+
+BUNDLED_TABLE = Path(__file__).resolve().parent.parent / "Resources" / "Presets" / "presets.json"
+ROW_KEYS = {"name", "modalities", "description", "linear", "deformable"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings for one unordered modality pair."""
+
+    name: str
+    modalities: Tuple[str, str]
+    description: str
+    linear: LinearSettings
+    deformable: "deformable.DeformableSettings"
+
+    @property
+    def deformable_by_default(self) -> bool:
+        return bool(self.deformable.run_by_default)
+
+
+@dataclass(frozen=True)
+class PresetTable:
+    """All rows of a table, looked up by modality pair in either order."""
+
+    path: Path
+    rows: Dict[FrozenSet[str], Preset]
+
+    def lookup(self, first: str, second: str) -> Preset:
+        key = frozenset((first, second))
+        if key not in self.rows:
+            raise InvalidInputError(
+                f"preset table {self.path} has no row for {first}-{second}; add one or use the bundled table")
+        return self.rows[key]
+
+
+def load_preset_table(path: Optional[Path] = None) -> PresetTable:
+    """Read and validate a preset table (default: the bundled one)."""
+    path = Path(path) if path is not None else BUNDLED_TABLE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"preset table {path} not found; check the path") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInputError(f"preset table {path} is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("presets"), list):
+        raise InvalidInputError(f"preset table {path} must be an object with a 'presets' list")
+    rows: Dict[FrozenSet[str], Preset] = {}
+    for number, row in enumerate(document["presets"], start=1):
+        preset = _parse_row(row, f"preset table {path}, row {number}")
+        key = frozenset(preset.modalities)
+        if key in rows:
+            raise InvalidInputError(
+                f"preset table {path}, row {number} ({preset.name}) repeats the pair of row {rows[key].name}")
+        rows[key] = preset
+    missing = [f"{a}-{b}" for a, b in itertools.combinations_with_replacement(MODALITIES, 2)
+               if frozenset((a, b)) not in rows]
+    if missing:
+        raise InvalidInputError(f"preset table {path} lacks rows for {', '.join(missing)}")
+    return PresetTable(path=path, rows=rows)
+
+
+def _parse_row(row, where: str) -> Preset:
+    """One validated row; every error message starts with `where` and the row's name."""
+    if not isinstance(row, dict):
+        raise InvalidInputError(f"{where}: must be an object")
+    name = row.get("name", "?")
+    where = f"{where} ({name})"
+    missing = ROW_KEYS - row.keys()
+    unknown = row.keys() - ROW_KEYS
+    if missing or unknown:
+        raise InvalidInputError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+    modalities = row["modalities"]
+    if (not isinstance(modalities, list) or len(modalities) != 2
+            or any(m not in MODALITIES for m in modalities)):
+        raise InvalidInputError(f"{where}: 'modalities' must be two of {', '.join(MODALITIES)}")
+    try:
+        linear_settings = LinearSettings.from_dict(row["linear"])
+        deformable_settings = deformable.DeformableSettings.from_dict(row["deformable"])
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{where}: {error}") from None
+    return Preset(name=str(name), modalities=tuple(modalities), description=str(row["description"]),
+                  linear=linear_settings, deformable=deformable_settings)
