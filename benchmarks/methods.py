@@ -1,0 +1,231 @@
+"""One adapter per registration method, all answering the same question.
+
+Every adapter takes the fixed and moving image files and returns a `Mapping`:
+the method's fixed-to-moving mapping (ITK convention, LPS mm) either as a
+SimpleITK transform or as a dense displacement field sampled on the fixed
+grid.  `displacement_on_fixed_grid` turns either into a (z, y, x, 3) array so
+the scoring code is the same for every method.
+
+Only the registration itself is timed (`Mapping.seconds`); reading the files
+and converting the answer are not.  Peers are imported inside their adapter,
+so a peer that is not installed only makes its own methods "missing".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+THREADS = 2
+
+
+@dataclass
+class Mapping:
+    """A method's answer: a transform or a displacement field, and how long it took."""
+
+    seconds: float
+    transform: Optional[sitk.Transform] = None
+    displacement: Optional[np.ndarray] = None  # (z, y, x, 3) mm on the fixed grid
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registration method as the benchmark runs it."""
+
+    name: str
+    tool: str  # "ours", "SimpleITK", "ANTsPy", "elastix"
+    variant: str  # "rigid", "affine" or "chain"
+    requires: str  # module that must import
+    run: Callable[[str, str], Mapping]
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.requires) is not None
+
+
+def displacement_on_fixed_grid(mapping: Mapping, fixed: sitk.Image) -> np.ndarray:
+    """The mapping as x -> mapping(x) - x on the fixed grid, (z, y, x, 3) in mm."""
+    if mapping.displacement is not None:
+        return mapping.displacement
+    field = sitk.TransformToDisplacementField(
+        mapping.transform, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(),
+        fixed.GetSpacing(), fixed.GetDirection())
+    return sitk.GetArrayFromImage(field)
+
+
+def limit_threads() -> None:
+    """Cap every library this process loads at THREADS threads."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(THREADS)
+
+
+# ---------------------------------------------------------------- ours
+
+def _ours(stages: tuple) -> Callable[[str, str], Mapping]:
+    def run(fixed_path: str, moving_path: str) -> Mapping:
+        from OneClickRegistrationLib import register
+        fixed, moving = sitk.ReadImage(fixed_path), sitk.ReadImage(moving_path)
+        start = time.perf_counter()
+        result = register(fixed, moving, stages=stages)
+        seconds = time.perf_counter() - start
+        details = {
+            "stages": {stage.name: {"seconds": round(stage.seconds, 3), "accepted": stage.accepted,
+                                    "message": stage.message} for stage in result.stages},
+            "preset": result.preset.name,
+            "modalities": [result.fixed_modality.modality, result.moving_modality.modality],
+        }
+        return Mapping(seconds, transform=result.transform, details=details)
+    return run
+
+
+# ---------------------------------------------------------------- SimpleITK textbook
+
+def _sitk_method(fixed: sitk.Image, moving: sitk.Image, shrink=(4, 2, 1), sigmas=(2, 1, 0)):
+    """The textbook framework setup: Mattes MI on 5% random samples, 3 levels (shrink 4-2-1).
+
+    The notebooks' 1% of voxels is too few samples on these small volumes (the
+    optimiser stops within a few mm of the start), so 5% is used.
+    """
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.05, seed=1)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def _sitk_linear(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform) -> sitk.Transform:
+    method = _sitk_method(fixed, moving)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=100,
+                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetInitialTransform(initial, inPlace=False)
+    return method.Execute(fixed, moving)
+
+
+def _sitk_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    initial = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    return _sitk_linear(fixed, moving, initial)
+
+
+def _sitk_affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    rigid = _single(_sitk_rigid(fixed, moving))
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    affine.SetCenter(rigid.GetCenter())
+    return _sitk_linear(fixed, moving, affine)
+
+
+def _sitk_bspline(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    affine = _single(_sitk_affine(fixed, moving))
+    mesh = [max(1, int(round(size * spacing / 50.0)))
+            for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())]
+    bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
+    method = _sitk_method(fixed, moving)
+    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=100,
+                                maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000,
+                                costFunctionConvergenceFactor=1e7)
+    method.SetMovingInitialTransform(affine)
+    method.SetInitialTransform(bspline, inPlace=True)
+    method.Execute(fixed, moving)
+    return sitk.CompositeTransform([affine, bspline])
+
+
+def _single(transform: sitk.Transform) -> sitk.Transform:
+    """The one transform inside a registration result, which may come wrapped in a composite."""
+    if transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        assert composite.GetNumberOfTransforms() == 1
+        transform = composite.GetNthTransform(0)
+    return transform.Downcast()
+
+
+def _simpleitk(register: Callable) -> Callable[[str, str], Mapping]:
+    def run(fixed_path: str, moving_path: str) -> Mapping:
+        fixed = sitk.ReadImage(fixed_path, sitk.sitkFloat32)
+        moving = sitk.ReadImage(moving_path, sitk.sitkFloat32)
+        start = time.perf_counter()
+        transform = register(fixed, moving)
+        return Mapping(time.perf_counter() - start, transform=transform)
+    return run
+
+
+# ---------------------------------------------------------------- ANTsPy
+
+def _antspy(type_of_transform: str) -> Callable[[str, str], Mapping]:
+    def run(fixed_path: str, moving_path: str) -> Mapping:
+        import ants
+        fixed, moving = ants.image_read(fixed_path), ants.image_read(moving_path)
+        with tempfile.TemporaryDirectory(prefix="bench_ants_") as tmp:
+            start = time.perf_counter()
+            result = ants.registration(fixed, moving, type_of_transform=type_of_transform,
+                                       outprefix=str(Path(tmp) / "reg_"))
+            seconds = time.perf_counter() - start
+            # One displacement field on the fixed grid equal to the whole forward list,
+            # exactly as antsApplyTransforms resamples the moving image with it.
+            composed = ants.apply_transforms(fixed, moving, result["fwdtransforms"],
+                                             compose=str(Path(tmp) / "composed_"))
+            displacement = sitk.GetArrayFromImage(sitk.ReadImage(composed)).astype(np.float64)
+        return Mapping(seconds, displacement=displacement)
+    return run
+
+
+# ---------------------------------------------------------------- elastix
+
+def _elastix(maps: tuple) -> Callable[[str, str], Mapping]:
+    def run(fixed_path: str, moving_path: str) -> Mapping:
+        import itk
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(THREADS)
+        fixed = itk.imread(fixed_path, itk.F)
+        moving = itk.imread(moving_path, itk.F)
+        parameters = itk.ParameterObject.New()
+        for name in maps:
+            parameters.AddParameterMap(parameters.GetDefaultParameterMap(name))
+        start = time.perf_counter()
+        registration = itk.ElastixRegistrationMethod.New(fixed, moving)
+        registration.SetParameterObject(parameters)
+        registration.SetNumberOfThreads(THREADS)
+        registration.SetLogToConsole(False)
+        registration.UpdateLargestPossibleRegion()
+        seconds = time.perf_counter() - start
+        field = itk.transformix_deformation_field(moving, registration.GetTransformParameterObject())
+        displacement = np.asarray(itk.array_from_image(field), dtype=np.float64)
+        return Mapping(seconds, displacement=displacement)
+    return run
+
+
+# ---------------------------------------------------------------- the list
+
+METHODS = (
+    Method("ours rigid", "ours", "rigid", "OneClickRegistrationLib", _ours(("rigid",))),
+    Method("ours affine", "ours", "affine", "OneClickRegistrationLib", _ours(("rigid", "affine"))),
+    Method("ours chain", "ours", "chain", "OneClickRegistrationLib",
+           _ours(("rigid", "affine", "deformable"))),
+    Method("SimpleITK rigid", "SimpleITK", "rigid", "SimpleITK", _simpleitk(_sitk_rigid)),
+    Method("SimpleITK affine", "SimpleITK", "affine", "SimpleITK", _simpleitk(_sitk_affine)),
+    Method("SimpleITK chain", "SimpleITK", "chain", "SimpleITK", _simpleitk(_sitk_bspline)),
+    Method("ANTsPy Rigid", "ANTsPy", "rigid", "ants", _antspy("Rigid")),
+    Method("ANTsPy Affine", "ANTsPy", "affine", "ants", _antspy("Affine")),
+    Method("ANTsPy SyNQuick[s]", "ANTsPy", "chain", "ants", _antspy("antsRegistrationSyNQuick[s]")),
+    Method("elastix rigid", "elastix", "rigid", "itk", _elastix(("rigid",))),
+    Method("elastix affine", "elastix", "affine", "itk", _elastix(("rigid", "affine"))),
+    Method("elastix chain", "elastix", "chain", "itk", _elastix(("rigid", "affine", "bspline"))),
+)
+
+
+def method_named(name: str) -> Method:
+    for method in METHODS:
+        if method.name == name:
+            return method
+    raise KeyError(f"unknown method {name!r}; choose from {[m.name for m in METHODS]}")

@@ -1,0 +1,173 @@
+"""Benchmark command line: `python -m benchmarks.run --output bench_output`.
+
+Builds the known-answer cases, runs every method (each in its own process,
+2 threads) on the cases of its kind, runs the full-resolution speed case, and
+writes results.csv, summary.csv, results.json and table.md.  Rigid cases are
+scored for the rigid and affine methods, deformable cases for the full chains.
+A peer that is not installed is reported as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from .worker import MethodWorker, limit_thread_environment
+
+THREADS = 2
+limit_thread_environment(THREADS)
+
+import numpy as np  # noqa: E402  (after the thread limits, on purpose)
+
+from . import cases, methods, report, speed  # noqa: E402
+
+logger = logging.getLogger("benchmarks")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("ONECLICK_SHARED_DATA", ROOT.parent / "shared" / "data"))
+KIND_OF_VARIANT = {"rigid": "rigid", "affine": "rigid", "chain": "deformable"}
+BUDGET_MINUTES = 40.0
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("bench_output"), help="folder for results")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one MNI pair, one seed, the hardest level, no speed case")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="method names or tools (ours, SimpleITK, ANTsPy, elastix); default all")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="rigid case seeds")
+    parser.add_argument("--deformable-seeds", nargs="+", type=int, default=[0], help="deformable case seeds")
+    parser.add_argument("--levels", nargs="+", default=None,
+                        help=f"rigid levels to run (default all): {[level.name for level in cases.LEVELS]}")
+    parser.add_argument("--no-speed", action="store_true", help="skip the full-resolution speed case")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per registration")
+    return parser.parse_args(argv)
+
+
+def build_plan(args: argparse.Namespace) -> cases.BuildPlan:
+    if args.quick:
+        return cases.BuildPlan(seeds=(0,), levels=(cases.LEVELS[-1],), deformable_seeds=(0,),
+                               pairs=(cases.PAIRS[2],))
+    levels = cases.LEVELS if args.levels is None else tuple(
+        level for level in cases.LEVELS if level.name in args.levels)
+    return cases.BuildPlan(seeds=tuple(args.seeds), levels=levels,
+                           deformable_seeds=tuple(args.deformable_seeds))
+
+
+def selected_methods(names) -> list:
+    if not names:
+        return list(methods.METHODS)
+    return [method for method in methods.METHODS if method.name in names or method.tool in names]
+
+
+def run_method(method, chosen: list, warmup, timeout_s: float, rows: list, errors: dict,
+               initial: dict) -> None:
+    """Evaluate one method on its cases, appending rows and point errors."""
+    if not method.available():
+        logger.warning("%s: %s is not installed; reported as missing", method.name, method.requires)
+        outcomes = [(case, {"status": "missing", "message": f"{method.requires} not installed"})
+                    for case in chosen]
+    else:
+        worker = MethodWorker(method.name, warmup.as_dict(), timeout_s)
+        try:
+            outcomes = [(case, _timed_outcome(worker, method, case)) for case in chosen]
+        finally:
+            worker.close()
+    for case, outcome in outcomes:
+        rows.append(report.case_row(method, case.as_dict(), outcome, initial[case.name]))
+        if outcome["status"] == "ok":
+            errors[(method.name, case.name)] = outcome["errors"]
+
+
+def _timed_outcome(worker: MethodWorker, method, case) -> dict:
+    outcome = worker.evaluate(case.as_dict())
+    if outcome["status"] == "ok":
+        logger.info("%-20s %-62s TRE median %6.2f p95 %6.2f mm  %6.1f s", method.name, case.name,
+                    np.median(outcome["errors"]), np.percentile(outcome["errors"], 95), outcome["seconds"])
+    else:
+        logger.warning("%-20s %-62s %s: %s", method.name, case.name, outcome["status"],
+                       outcome.get("message", ""))
+    return outcome
+
+
+def initial_errors(case) -> np.ndarray:
+    """The misalignment itself: the identity mapping's error at the case's points."""
+    truth = case.truth()
+    return np.linalg.norm(truth["truth"] - truth["points"], axis=1)
+
+
+def acceptance_checks(summaries: list, total_minutes: float) -> list:
+    """The issue's promises, each as (passed, sentence)."""
+    checks = [(total_minutes < BUDGET_MINUTES,
+               f"whole benchmark took {total_minutes:.1f} min (< {BUDGET_MINUTES:g})")]
+    by_key = {(s["kind"], s["pair"], s["method"]): s for s in summaries if s.get("status") != "missing"}
+    for (kind, pair, name), ours in sorted(by_key.items()):
+        if ours["tool"] != "ours" or ours["variant"] == "affine" or ours.get("tre_median") is None:
+            continue
+        peers = [s for (k, p, _), s in by_key.items()
+                 if k == kind and p == pair and s["tool"] != "ours" and s["variant"] == ours["variant"]
+                 and s.get("tre_median") is not None]
+        if ours["variant"] == "rigid":
+            checks.append((ours["failures"] == 0, f"{name}, {pair}: {ours['failures']} failures"))
+            if peers:
+                best = min(peers, key=lambda s: s["tre_median"])
+                checks.append((ours["tre_median"] <= best["tre_median"],
+                               f"{name}, {pair}: median TRE {ours['tre_median']:.2f} mm vs best peer "
+                               f"{best['method']} {best['tre_median']:.2f} mm"))
+        for peer in peers if ours["variant"] == "chain" else []:
+            faster = (peer.get("time_vs_ours") or 0) > 1.0
+            as_good = ours["tre_median"] <= peer["tre_median"]
+            checks.append((faster and as_good,
+                           f"{name} vs {peer['method']}, {pair}: {peer.get('time_vs_ours')}x faster, "
+                           f"median TRE {ours['tre_median']:.2f} vs {peer['tre_median']:.2f} mm"))
+    return checks
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_arguments(argv)
+    start = time.perf_counter()
+    if not args.data.is_dir():
+        logger.error("shared data folder %s not found (set ONECLICK_SHARED_DATA)", args.data)
+        return 2
+    args.output.mkdir(parents=True, exist_ok=True)
+    case_dir = args.output / "cases"
+    all_cases = cases.build_cases(args.data, case_dir, build_plan(args))
+    warmup = cases.warmup_case(args.data, case_dir)
+    initial = {case.name: initial_errors(case) for case in all_cases}
+    logger.info("built %d cases in %.0f s", len(all_cases), time.perf_counter() - start)
+
+    rows, errors = [], {}
+    for method in selected_methods(args.methods):
+        chosen = [case for case in all_cases if case.kind == KIND_OF_VARIANT[method.variant]]
+        run_method(method, chosen, warmup, args.timeout, rows, errors, initial)
+
+    speed_result = None
+    if not (args.quick or args.no_speed):
+        speed_result = speed.run_speed_case(speed.build_speed_case(args.data, case_dir), warmup, args.timeout)
+
+    total_minutes = (time.perf_counter() - start) / 60.0
+    summaries = report.summarise(rows, errors)
+    checks = acceptance_checks(summaries, total_minutes)
+    meta = {
+        "command": " ".join(["python -m benchmarks.run"] + (argv if argv is not None else sys.argv[1:])),
+        "when": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "threads": THREADS, "total_minutes": total_minutes, "points": cases.TRE_POINTS,
+    }
+    markdown = report.write_outputs(args.output, rows, summaries, speed_result, checks, meta)
+    print(markdown)
+    logger.info("results in %s (total %.1f min)", args.output, total_minutes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
