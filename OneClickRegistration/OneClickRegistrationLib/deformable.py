@@ -51,6 +51,8 @@ _FEATURE_SIGMA_VOXELS = 1.0
 _LNCC_WINDOW_SIGMA_VOXELS = 2.0
 # How far the mask reaches beyond the head, in working voxels, so that edges count.
 _MASK_MARGIN_VOXELS = 2
+# Margin of the working grid beyond the fixed image, in voxels of the coarsest level.
+_MARGIN_COARSE_VOXELS = 2
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ class DeformableSettings:
     run_by_default: bool = True
     metric: str = "mind"
     grid_spacings_mm: tuple = (8.0, 4.0, 2.0)
-    iterations: tuple = (40, 30, 20)
-    regularization_sigma_mm: float = 3.0
+    iterations: tuple = (50, 50, 30)
+    regularization_sigma_mm: float = 4.0
     update_sigma_mm: float = 2.0
     max_step_voxels: float = 1.0
 
@@ -124,18 +126,26 @@ class DeformableOutcome:
 
 @dataclass(frozen=True)
 class _Grid:
-    """An isotropic working grid sharing origin and direction with the fixed image."""
+    """An isotropic working grid with the fixed image's direction.
+
+    It covers the fixed image plus `margin` mm on every side, so that points
+    pushed out of the fixed field of view still have an inverse.  Every level
+    of the pyramid shares the origin, so level indices differ by a ratio only.
+    """
 
     origin: tuple
     direction: tuple
     spacing: float
     size: tuple  # SimpleITK order (x, y, z)
+    margin: float
 
     @classmethod
-    def covering(cls, image: sitk.Image, spacing: float) -> "_Grid":
-        extent = [(n - 1) * s for n, s in zip(image.GetSize(), image.GetSpacing())]
+    def covering(cls, image: sitk.Image, spacing: float, margin: float) -> "_Grid":
+        extent = [(n - 1) * s + 2 * margin for n, s in zip(image.GetSize(), image.GetSpacing())]
         size = tuple(max(2, int(math.ceil(e / spacing)) + 1) for e in extent)
-        return cls(image.GetOrigin(), image.GetDirection(), float(spacing), size)
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        origin = np.array(image.GetOrigin()) - direction @ np.full(3, margin)
+        return cls(tuple(origin.tolist()), image.GetDirection(), float(spacing), size, float(margin))
 
     @property
     def shape(self) -> tuple:
@@ -169,7 +179,8 @@ def register_deformable(
     start = time.perf_counter()
     report = progress or (lambda fraction, message: None)
     report(0.0, "preparing images")
-    grids = [_Grid.covering(fixed, spacing) for spacing in settings.grid_spacings_mm]
+    margin = _MARGIN_COARSE_VOXELS * settings.grid_spacings_mm[0]
+    grids = [_Grid.covering(fixed, spacing, margin) for spacing in settings.grid_spacings_mm]
     finest = grids[-1]
     fixed_work = _to_grid(fixed, sitk.Transform(3, sitk.sitkIdentity), finest)
     moving_work = _to_grid(moving, initial_transform, finest)
@@ -352,12 +363,13 @@ def _inverted(forward: np.ndarray, estimate: np.ndarray) -> np.ndarray:
 def _min_jacobian_on_fixed_grid(displacement: np.ndarray, grid: _Grid, fixed: sitk.Image) -> float:
     """min det of the Jacobian of x -> x + u(x) at every fixed voxel.
 
-    The working grid shares origin and direction with the fixed image and is
-    isotropic, so the determinant in voxel units equals the physical one.
+    The working grid shares the fixed image's direction and is isotropic, so
+    the determinant in voxel units equals the physical one.
     """
     index_ratio = np.array(fixed.GetSpacing()[::-1], dtype=np.float32) / np.float32(grid.spacing)
+    index_offset = np.full(3, grid.margin / grid.spacing, dtype=np.float32)
     shape = np.array(fixed.GetSize()[::-1], dtype=np.int64)
-    return float(kernels.min_jacobian_at(displacement, shape, index_ratio))
+    return float(kernels.min_jacobian_at(displacement, shape, index_ratio, index_offset))
 
 
 def _displacement_transform(displacement: np.ndarray, grid: _Grid) -> sitk.DisplacementFieldTransform:

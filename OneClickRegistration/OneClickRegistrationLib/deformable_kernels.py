@@ -203,23 +203,23 @@ def _cell_gradient(field, c, z0, z1, y0, y1, x0, x1, wz, wy, wx):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def min_jacobian_at(displacement, shape, index_ratio):
-    """Smallest det(I + grad u) of the trilinear field at the points index * index_ratio.
+def min_jacobian_at(displacement, shape, index_ratio, index_offset):
+    """Smallest det(I + grad u) of the trilinear field at the points index * index_ratio + index_offset.
 
-    `shape` and `index_ratio` describe a finer grid (the fixed image) sharing
-    origin and direction with the field's grid; the gradient is the exact one
-    of the trilinear interpolant inside the cell holding each point.
+    `shape`, `index_ratio` and `index_offset` place a finer grid (the fixed
+    image, same direction) inside the field's grid; the gradient is the exact
+    one of the trilinear interpolant inside the cell holding each point.
     """
     nz, ny, nx = displacement.shape[1], displacement.shape[2], displacement.shape[3]
     plane_min = np.full(shape[0], np.inf, dtype=np.float32)
     for k in prange(shape[0]):
-        z0, wz = _corner(k * index_ratio[0], nz)
+        z0, wz = _corner(k * index_ratio[0] + index_offset[0], nz)
         z1 = min(z0 + 1, nz - 1)
         for j in range(shape[1]):
-            y0, wy = _corner(j * index_ratio[1], ny)
+            y0, wy = _corner(j * index_ratio[1] + index_offset[1], ny)
             y1 = min(y0 + 1, ny - 1)
             for i in range(shape[2]):
-                x0, wx = _corner(i * index_ratio[2], nx)
+                x0, wx = _corner(i * index_ratio[2] + index_offset[2], nx)
                 x1 = min(x0 + 1, nx - 1)
                 a_z, a_y, a_x = _cell_gradient(displacement, 0, z0, z1, y0, y1, x0, x1, wz, wy, wx)
                 b_z, b_y, b_x = _cell_gradient(displacement, 1, z0, z1, y0, y1, x0, x1, wz, wy, wx)
