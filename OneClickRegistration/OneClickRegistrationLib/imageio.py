@@ -54,6 +54,10 @@ def read_image(path) -> LoadedImage:
                      for tag, key in DICOM_HINT_TAGS.items() if image.HasMetaDataKey(tag)}
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        if "spacing" in first_line.lower():
+            raise InvalidInputError(
+                f"{path}: the header gives a zero or negative voxel spacing ({first_line}); fix the spacing in the header"
+            ) from None
         raise InvalidInputError(
             f"{path}: cannot be read as an image ({first_line}); give a NIfTI, NRRD, MHA file or a DICOM folder"
         ) from None
