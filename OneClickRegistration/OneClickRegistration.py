@@ -25,10 +25,6 @@ from slicer import vtkMRMLScalarVolumeNode
 AUTO = "Auto"
 MODALITY_CHOICES = (AUTO, "T1", "T2", "FLAIR", "CT")
 STAGE_NAMES = ("rigid", "affine", "deformable")
-# Score thresholds of the plain verdict; the score is 1 for a perfect match
-# (intensity correlation for same-modality pairs, edge-structure correlation otherwise).
-GOOD_SCORE = 0.5
-CHECK_SCORE = 0.3
 # DICOM tags that help recognise a modality, by the hint name the library expects.
 DICOM_HINT_TAGS = {
     "Modality": "0008,0060",
@@ -440,14 +436,9 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """The table row called presetName, or None to let the library pick by modality."""
         if not presetName or presetName == AUTO:
             return None
-        from OneClickRegistrationLib.errors import InvalidInputError
         from OneClickRegistrationLib.presets import load_preset_table
 
-        rows = (table or load_preset_table()).rows.values()
-        for preset in rows:
-            if preset.name == presetName:
-                return preset
-        raise InvalidInputError(f"no preset named {presetName!r}; choose from {', '.join(p.name for p in rows)}")
+        return (table or load_preset_table()).by_name(presetName)
 
     def presetNames(self, presetTablePath: Optional[str] = None) -> list:
         """Names of the presets of a table (default: the bundled one), read without the library."""
@@ -557,11 +548,9 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
     @staticmethod
     def verdict(stage) -> str:
         """good / check visually / failed, from a stage's score and whether it was kept."""
-        if stage.score >= GOOD_SCORE and stage.accepted:
-            return _("good")
-        if stage.score >= CHECK_SCORE:
-            return _("check visually")
-        return _("failed")
+        from OneClickRegistrationLib.score import verdict
+
+        return _(verdict(stage.score, stage.accepted))
 
     def summary(self, outcome: OneClickRegistrationOutcome) -> str:
         """The result in plain words: modalities, preset, each stage's score and verdict, time."""

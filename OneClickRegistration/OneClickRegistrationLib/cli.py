@@ -23,7 +23,7 @@ from typing import List, Optional
 
 import SimpleITK as sitk
 
-from . import imageio
+from . import imageio, score
 from .errors import InvalidInputError
 from .modality import MODALITIES, identify_modality
 from .pipeline import STAGE_NAMES, RegistrationResult, register
@@ -123,8 +123,9 @@ def summary(result: RegistrationResult, outputs: dict) -> str:
         f"  {'initial (header)':<12} score {result.initial_score:7.4f}",
     ]
     for stage in result.stages:
-        verdict = "kept" if stage.accepted else "rejected"
-        lines.append(f"  {stage.name:<12} score {stage.score:7.4f}  {stage.seconds:6.1f} s  {verdict}"
+        kept = "kept" if stage.accepted else "rejected"
+        lines.append(f"  {stage.name:<12} score {stage.score:7.4f}  {stage.seconds:6.1f} s  {kept}, "
+                     f"{score.verdict(stage.score, stage.accepted)}"
                      + (f"  ({stage.message})" if stage.message else ""))
     lines.append(f"total {result.seconds:.1f} s")
     lines += [f"{name}: {path}" for name, path in outputs.items()]

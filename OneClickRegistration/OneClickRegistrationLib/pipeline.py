@@ -88,6 +88,7 @@ class RegistrationResult:
                     "name": stage.name,
                     "score": round(stage.score, 6),
                     "accepted": stage.accepted,
+                    "verdict": score.verdict(stage.score, stage.accepted),
                     "seconds": round(stage.seconds, 3),
                     "message": stage.message,
                 }

@@ -51,6 +51,15 @@ class PresetTable:
                 f"preset table {self.path} has no row for {first}-{second}; add one or use the bundled table")
         return self.rows[key]
 
+    def by_name(self, name: str) -> Preset:
+        """The row called `name` (e.g. 'T1-CT'), for users who pick a preset themselves."""
+        for preset in self.rows.values():
+            if preset.name == name:
+                return preset
+        raise InvalidInputError(
+            f"preset table {self.path} has no preset named {name!r}; choose from "
+            f"{', '.join(p.name for p in self.rows.values())}")
+
 
 def load_preset_table(path: Optional[Path] = None) -> PresetTable:
     """Read and validate a preset table (default: the bundled one)."""

@@ -41,6 +41,11 @@ from .imageio import shrink_to_spacing
 TOLERANCE = 1e-3
 SCORING_SPACING_MM = 1.5
 EMPTY_OVERLAP_SCORE = -1.0
+# Plain verdicts for people.  Well-aligned head pairs score 0.7-0.95 on either
+# measure; a pair 3 mm or 3 degrees off already loses a few hundredths, and
+# header-only alignments of unregistered pairs score 0.1-0.3.
+GOOD_SCORE = 0.5
+CHECK_SCORE = 0.3
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,15 @@ class ScoreDetail:
     intensity_ncc: float
     structure_ncc: float
     overlap_voxels: int
+
+
+def verdict(value: float, accepted: bool = True) -> str:
+    """'good', 'check visually' or 'failed' for a stage's score."""
+    if value >= GOOD_SCORE and accepted:
+        return "good"
+    if value >= CHECK_SCORE:
+        return "check visually"
+    return "failed"
 
 
 def masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
