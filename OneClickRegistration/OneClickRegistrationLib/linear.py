@@ -22,10 +22,10 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from . import imageio
 from .errors import InvalidInputError
+from .linear_kernels import pose_correlations
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, r
     """
     shape = _ShapeComparison(fixed_mask, moving_mask)
     rotations = candidate_rotations(settings.rotation_search_deg, settings.rotation_step_deg)
-    scores = [shape.correlation(_rotated(start, angles)) for angles in rotations]
-    order = np.argsort(-np.asarray(scores), kind="stable")[:REFINED_CANDIDATES]
+    scores = shape.correlations([_rotated(start, angles) for angles in rotations])
+    order = np.argsort(-scores, kind="stable")[:REFINED_CANDIDATES]
     coarse_shrink = max(settings.shrink_factors)
     coarse_sigma = max(settings.smoothing_sigmas_mm)
     refined = []
@@ -218,16 +218,16 @@ class _ShapeComparison:
         smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(mask, sitk.sitkFloat32), SHAPE_BLUR_MM)
         return imageio.shrink_to_spacing(smooth, SEARCH_SPACING_MM)
 
-    def correlation(self, transform: sitk.Euler3DTransform) -> float:
-        """NCC between the fixed blurred mask and the moving one seen through `transform`."""
-        matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
-        center = np.asarray(transform.GetCenter())
-        moved = (self._points - center) @ matrix.T + center + np.asarray(transform.GetTranslation())
-        index = (moved - self._moving_origin) @ self._to_moving_index.T
-        values = ndimage.map_coordinates(self._moving_array, index[:, ::-1].T, order=1, cval=0.0)
-        values = values - values.mean()
-        denominator = np.sqrt(np.dot(values, values) * np.dot(self._fixed_centered, self._fixed_centered))
-        return float(np.dot(values, self._fixed_centered) / denominator) if denominator > 0 else 0.0
+    def correlations(self, transforms) -> np.ndarray:
+        """NCC between the fixed blurred mask and the moving one seen through each transform."""
+        matrices, offsets = [], []
+        for transform in transforms:
+            matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+            offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+            matrices.append(self._to_moving_index @ matrix)
+            offsets.append(self._to_moving_index @ (offset - self._moving_origin))
+        return pose_correlations(self._points, self._fixed_centered, self._moving_array,
+                                 np.asarray(matrices), np.asarray(offsets))
 
     def fit(self, transform: sitk.Euler3DTransform) -> sitk.Euler3DTransform:
         """Rigid fit of the blurred masks from `transform` (widens the intensity metric's basin)."""
