@@ -55,9 +55,10 @@ class MethodWorker:
             return {"status": "timeout", "message": f"no result within {self.timeout_s:.0f} s"}
         try:
             return self._connection.recv()
-        except EOFError:
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
             self.close()
-            return {"status": "error", "message": "the worker process died (out of memory?)"}
+            return {"status": "error", "message": f"the worker process died (exit code {code})"}
 
     def close(self) -> None:
         if self._process is None:
