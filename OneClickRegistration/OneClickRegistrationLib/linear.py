@@ -257,17 +257,27 @@ def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
 
 
 def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progress):
-    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count."""
+    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
+
+    The step-size optimizer is not monotonic: from a start already near a
+    sharp optimum its first large steps can leave the basin.  Each level
+    therefore keeps its starting transform when the fit ends worse than it
+    began, both judged by the same full-resolution metric evaluation.
+    """
     transform = initial
     levels = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations))
     for level, (shrink, sigma, count) in enumerate(levels):
         level_progress(level, len(levels))
         method = _single_level_method(fixed_mask, settings, shrink, sigma, count)
         method.SetInitialTransform(transform, inPlace=False)
-        result = method.Execute(fixed, moving)
-        logger.debug("level %d: metric %.5f, %s", level, method.GetMetricValue(),
+        start_value = method.MetricEvaluate(fixed, moving)
+        result = _innermost(method.Execute(fixed, moving))
+        method.SetInitialTransform(result, inPlace=False)
+        end_value = method.MetricEvaluate(fixed, moving)
+        logger.debug("level %d: metric %.5f -> %.5f, %s", level, start_value, end_value,
                      method.GetOptimizerStopConditionDescription())
-        transform = _innermost(result)
+        if end_value <= start_value:
+            transform = result
     return transform
 
 
