@@ -144,7 +144,8 @@ def _jsonable(value):
 def markdown_report(summaries: list, rows: list, speed: Optional[dict], checks: list, meta: dict) -> str:
     """The tables README.md shows, exactly as `make bench` prints them."""
     parts = [f"Command: `{meta['command']}` ({meta['when']}, {meta['machine']}, "
-             f"{meta['threads']} threads per method, total {meta['total_minutes']:.1f} min)", ""]
+             f"{meta['threads']} threads per method, total {meta['total_minutes']:.1f} min)", "",
+             f"Cases: {meta['plan']}.", ""]
     for kind, title in (("rigid", "Rigid misalignment (header only)"),
                         ("deformable", "Rigid misalignment + smooth deformation (one resampling)")):
         chosen = [s for s in summaries if s["kind"] == kind]
@@ -152,7 +153,7 @@ def markdown_report(summaries: list, rows: list, speed: Optional[dict], checks: 
             parts += [f"**{title}**: {_case_description(rows, kind)}", "", *_summary_table(chosen), ""]
     levels = _level_table(rows)
     if levels:
-        parts += ["**Failures by misalignment level** (rigid-kind methods, all pairs)", "", *levels, ""]
+        parts += ["**Rigid-case failures by misalignment level** (all pairs)", "", *levels, ""]
     if speed:
         parts += ["**Full-resolution speed case**", "", *_speed_table(speed), ""]
     if checks:

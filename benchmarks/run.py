@@ -137,6 +137,14 @@ def acceptance_checks(summaries: list, total_minutes: float) -> list:
     return checks
 
 
+def _command_line(argv) -> str:
+    """What reproduces this run: `make bench` when make started it."""
+    arguments = argv if argv is not None else sys.argv[1:]
+    if os.environ.get("MAKELEVEL") and arguments == ["--output", "bench_output"]:
+        return "make bench"
+    return " ".join(["python -m benchmarks.run"] + list(arguments))
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_arguments(argv)
@@ -163,8 +171,12 @@ def main(argv=None) -> int:
     total_minutes = (time.perf_counter() - start) / 60.0
     summaries = report.summarise(rows, errors)
     checks = acceptance_checks(summaries, total_minutes)
+    plan = build_plan(args)
     meta = {
-        "command": " ".join(["python -m benchmarks.run"] + (argv if argv is not None else sys.argv[1:])),
+        "command": _command_line(argv),
+        "plan": (f"pairs: {', '.join(pair.name for pair in plan.pairs)}; rigid levels "
+                 f"{', '.join(level.name for level in plan.levels)} x seeds {list(plan.seeds)}; "
+                 f"deformable seeds {list(plan.deformable_seeds)}"),
         "when": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
         "threads": THREADS, "total_minutes": total_minutes, "points": cases.TRE_POINTS,
