@@ -7,10 +7,14 @@ exp(-v) (refined by a few fixed-point steps so that inverse o forward is the
 identity to a few hundredths of a millimetre).
 
 Optimisation: log-domain diffeomorphic demons (Vercauteren et al. 2008), run
-coarse to fine.  Each iteration warps the moving features, computes a demons
-update that vanishes where the images already agree, smooths it ("fluid"),
-adds it to v and smooths v ("diffusion"), the Gaussian regulariser.  The
-features make the metric:
+coarse to fine.  Each iteration warps the moving features and forms, per
+voxel, the normal equations of a symmetric (ESM) demons step; numerator and
+denominator are smoothed separately ("fluid") before dividing, so the step
+is a locally averaged Gauss-Newton step whose fixed point is a minimum of the
+smoothed feature difference rather than a balance of per-voxel normalised
+forces (which follows noise and contrast differences).  The step is added to
+v and v is smoothed ("diffusion"), the Gaussian regulariser.  A level stops
+early when its energy stops falling.  The features make the metric:
 
 * 'lncc': intensities standardised by their local mean and standard deviation
   (SSD of these is a local normalised cross-correlation), for same-modality pairs;
@@ -24,9 +28,12 @@ displacement field to compose after the affine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
@@ -34,7 +41,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from . import deformable_kernels as kernels
 from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,13 @@ _LNCC_WINDOW_SIGMA_VOXELS = 2.0
 _MASK_MARGIN_VOXELS = 2
 # Margin of the working grid beyond the fixed image, in voxels of the coarsest level.
 _MARGIN_COARSE_VOXELS = 2
+# A level stops when its energy fell by less than this fraction over the window (iterations).
+_CONVERGENCE_WINDOW = 10
+_CONVERGENCE_TOLERANCE = 1e-3
+# Damping of the step where the smoothed denominator is tiny, relative to its mean in the mask.
+_DAMPING_FRACTION = 1e-2
+# Worker threads for the kernels (they release the GIL); the process's CPUs, at most this many.
+_MAX_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -62,10 +75,12 @@ class DeformableSettings:
     run_by_default: whether the pipeline runs the stage for this pair.
     metric: 'lncc' (same modality) or 'mind' (cross modality).
     grid_spacings_mm: working-grid spacing per level, coarse to fine.
-    iterations: demons iterations per level (same length as grid_spacings_mm).
+    iterations: most demons iterations per level (same length as
+        grid_spacings_mm); a level stops early once its energy stops falling.
     regularization_sigma_mm: Gaussian smoothing of the velocity field each
         iteration; larger is stiffer and the main guard against inventing deformation.
-    update_sigma_mm: Gaussian smoothing of each update (fluid regularisation).
+    update_sigma_mm: Gaussian smoothing of the step's normal equations (fluid
+        regularisation; also the window over which the step is averaged).
     max_step_voxels: bound on the demons step; the update never exceeds half of it.
     """
 
@@ -186,35 +201,29 @@ def register_deformable(
     moving_work = _to_grid(moving, initial_transform, finest)
     mask_work = _mask_on_grid(fixed_mask, finest)
 
+    # Features are computed once at the finest level and smoothed down the pyramid:
+    # MIND of a coarsened T1 and T2 disagree (their tissue contrasts mix differently),
+    # which made the coarse levels invent millimetres of deformation on rigid-only pairs.
+    fixed_fine = _features(fixed_work, settings.metric)
+    moving_fine = _features(moving_work, settings.metric)
     velocity = None
     total_iterations = sum(settings.iterations)
     done = 0
     iterations_run = []
     for level, (grid, iterations) in enumerate(zip(grids, settings.iterations)):
         ratio = grid.spacing / finest.spacing
-        fixed_level = _downsample(fixed_work, finest, grid, ratio)
-        moving_level = _downsample(moving_work, finest, grid, ratio)
-        mask_level = _downsample_mask(mask_work, finest, grid, ratio)
-        fixed_features = _features(fixed_level, settings.metric)
-        moving_features = _features(moving_level, settings.metric)
+        mask_level = _downsample_mask(mask_work, grid, ratio)
+        fixed_features = _downsample_channels(fixed_fine, grid, ratio)
+        moving_features = _downsample_channels(moving_fine, grid, ratio)
         velocity = _upsampled_velocity(velocity, previous_grid, grid) if velocity is not None \
             else np.zeros((3,) + grid.shape, dtype=np.float32)
-        fluid = _gaussian_kernel(settings.update_sigma_mm / grid.spacing)
-        diffusion = _gaussian_kernel(settings.regularization_sigma_mm / grid.spacing)
-        step = np.float32(settings.max_step_voxels)
-        for iteration in range(iterations):
-            report(done / total_iterations,
-                   f"level {level + 1}/{len(grids)} ({grid.spacing:g} mm), iteration {iteration + 1}/{iterations}")
-            displacement = _exponential(velocity)
-            warped = kernels.warp(moving_features, displacement)
-            update, energy = kernels.demons_step(fixed_features, warped, mask_level, step)
-            if fluid is not None:
-                update = kernels.smooth(update, fluid)
-            velocity = kernels.smooth(velocity + update, diffusion)
-            done += 1
-        iterations_run.append(iterations)
-        logger.info("deformable level %d (%.3g mm): energy %.5g", level + 1, grid.spacing,
-                    energy / max(1, int(mask_level.sum())))
+        level_report = _level_progress(report, done, total_iterations, level, len(grids), grid)
+        velocity, run, energy = _optimise_level(velocity, fixed_features, moving_features, mask_level,
+                                                grid, iterations, settings, level_report)
+        done += iterations
+        iterations_run.append(run)
+        logger.info("deformable level %d (%.3g mm): %d iterations, energy %.5g", level + 1, grid.spacing,
+                    run, energy / max(1, int(mask_level.sum())))
         previous_grid = grid
 
     report(0.95, "inverting the field")
@@ -234,6 +243,45 @@ def register_deformable(
         max_displacement_mm=max_displacement,
         iterations_run=tuple(iterations_run),
     )
+
+
+def _optimise_level(velocity, fixed_features, moving_features, mask, grid, iterations, settings, report):
+    """Demons iterations on one level until the budget or convergence; (velocity, iterations, energy)."""
+    fluid = _gaussian_kernel(settings.update_sigma_mm / grid.spacing)
+    diffusion = _gaussian_kernel(settings.regularization_sigma_mm / grid.spacing)
+    inverse_step_sq = np.float32(1.0 / settings.max_step_voxels ** 2)
+    energies = []
+    for iteration in range(iterations):
+        report(iteration, iterations)
+        # The energy is measured before each step; a level whose energy stopped
+        # falling (or rose: the diffusion regulariser's fixed point is not the
+        # energy minimum) stops, so extra iterations cannot drift the field.
+        warped = _warp(moving_features, _exponential(velocity))
+        terms, energy = _normal_equations(fixed_features, warped, mask, inverse_step_sq)
+        energies.append(energy)
+        if _converged(energies):
+            break
+        terms = _smooth(terms, fluid)
+        damping = _DAMPING_FRACTION * max(float(terms[3][mask > 0].mean()), 1e-12)
+        update = terms[:3] / (terms[3] + np.float32(damping))
+        velocity = _smooth(velocity + update, diffusion)
+    return velocity, len(energies), energies[-1]
+
+
+def _converged(energies: list) -> bool:
+    """True when the energy fell by less than the tolerance over the last window."""
+    if len(energies) <= _CONVERGENCE_WINDOW:
+        return False
+    before = energies[-1 - _CONVERGENCE_WINDOW]
+    return before - energies[-1] < _CONVERGENCE_TOLERANCE * before
+
+
+def _level_progress(report, done, total, level, levels, grid):
+    """report(iteration, iterations) for one level, mapped onto the stage's 0..0.95."""
+    def level_report(iteration: int, iterations: int) -> None:
+        report(0.95 * (done + iteration) / total,
+               f"level {level + 1}/{levels} ({grid.spacing:g} mm), iteration {iteration + 1}/{iterations}")
+    return level_report
 
 
 def _to_grid(image: sitk.Image, transform: sitk.Transform, grid: _Grid) -> np.ndarray:
@@ -266,22 +314,26 @@ def _mask_on_grid(mask: Optional[sitk.Image], grid: _Grid) -> np.ndarray:
     return ndimage.binary_dilation(array, iterations=_MASK_MARGIN_VOXELS).astype(np.uint8)
 
 
-def _downsample(volume: np.ndarray, finest: _Grid, grid: _Grid, ratio: float) -> np.ndarray:
+def _downsample(volume: np.ndarray, grid: _Grid, ratio: float) -> np.ndarray:
     """A finest-grid volume on a coarser grid of the pyramid (smoothed, then sampled)."""
     if ratio == 1.0:
         return volume
-    kernel = _gaussian_kernel(0.5 * math.sqrt(ratio ** 2 - 1.0))
-    smoothed = kernels.smooth(volume[np.newaxis], kernel)
-    index_ratio = np.full(3, ratio, dtype=np.float32)
-    return kernels.resample_scaled(smoothed, np.array(grid.shape, dtype=np.int64), index_ratio,
-                                   np.float32(1.0))[0]
+    smoothed = _smooth(volume[np.newaxis], _gaussian_kernel(0.5 * math.sqrt(ratio ** 2 - 1.0)))
+    return _scaled_resample(smoothed, grid.shape, ratio, 1.0)[0]
 
 
-def _downsample_mask(mask: np.ndarray, finest: _Grid, grid: _Grid, ratio: float) -> np.ndarray:
+def _downsample_channels(volume, grid, ratio):
+    """Every channel of a finest-grid multi-channel volume on a coarser grid."""
+    if ratio == 1.0:
+        return volume
+    return np.stack([_downsample(channel, grid, ratio) for channel in volume])
+
+
+def _downsample_mask(mask: np.ndarray, grid: _Grid, ratio: float) -> np.ndarray:
     """A mask on a coarser grid: any finest voxel nearby counts."""
     if ratio == 1.0:
         return mask
-    coarse = _downsample(mask.astype(np.float32), finest, grid, ratio)
+    coarse = _downsample(mask.astype(np.float32), grid, ratio)
     return (coarse > 0.01).astype(np.uint8)
 
 
@@ -296,7 +348,7 @@ def _locally_standardised(volume: np.ndarray) -> np.ndarray:
     """(I - local mean) / local std with a Gaussian window; SSD of these is local NCC."""
     window = _gaussian_kernel(_LNCC_WINDOW_SIGMA_VOXELS)
     stacked = np.stack([volume, volume * volume])
-    local_mean, local_square = kernels.smooth(stacked, window)
+    local_mean, local_square = _smooth(stacked, window)
     variance = np.maximum(local_square - local_mean * local_mean, 0.0)
     floor = np.float32(1e-3) * max(float(volume.var()), 1e-12)
     return ((volume - local_mean) / np.sqrt(variance + floor)).astype(np.float32)
@@ -310,7 +362,7 @@ def _mind_descriptors(volume: np.ndarray) -> np.ndarray:
         for offset in (-1, 1):
             neighbour = _shifted(volume, axis, offset)
             shifted_differences.append((volume - neighbour) ** 2)
-    distances = kernels.smooth(np.stack(shifted_differences).astype(np.float32), patch)
+    distances = _smooth(np.stack(shifted_differences).astype(np.float32), patch)
     variance = distances.mean(axis=0)
     mean_variance = max(float(variance.mean()), 1e-12)
     variance = np.clip(variance, 1e-3 * mean_variance, 1e3 * mean_variance)
@@ -337,9 +389,22 @@ def _gaussian_kernel(sigma_voxels: float) -> Optional[np.ndarray]:
 def _upsampled_velocity(velocity: np.ndarray, coarse: _Grid, fine: _Grid) -> np.ndarray:
     """A coarse-level velocity on the next finer grid, in the finer grid's voxel units."""
     ratio = fine.spacing / coarse.spacing
-    index_ratio = np.full(3, ratio, dtype=np.float32)
-    return kernels.resample_scaled(velocity, np.array(fine.shape, dtype=np.int64), index_ratio,
-                                   np.float32(1.0 / ratio))
+    return _scaled_resample(velocity, fine.shape, ratio, 1.0 / ratio)
+
+
+def _scaled_resample(volume: np.ndarray, shape: tuple, ratio: float, value_scale: float) -> np.ndarray:
+    """Every channel sampled (trilinear, edges clamped) at index * ratio on a grid of `shape`, times value_scale.
+
+    Moves a volume or field between levels of the pyramid, which share origin
+    and direction, and rescales voxel-unit field values.
+    """
+    out = np.empty((volume.shape[0],) + tuple(shape), dtype=np.float32)
+    for channel in range(volume.shape[0]):
+        ndimage.affine_transform(volume[channel], np.diag(np.full(3, ratio)), output_shape=tuple(shape),
+                                 output=out[channel], order=1, mode="nearest")
+    if value_scale != 1.0:
+        out *= np.float32(value_scale)
+    return out
 
 
 def _exponential(velocity: np.ndarray) -> np.ndarray:
@@ -348,7 +413,7 @@ def _exponential(velocity: np.ndarray) -> np.ndarray:
     squarings = max(0, int(math.ceil(math.log2(max(largest, 1e-6) / _SQUARING_START_VOXELS))))
     displacement = (velocity / np.float32(2 ** squarings)).astype(np.float32)
     for _ in range(squarings):
-        displacement = kernels.compose(displacement, displacement)
+        displacement = _compose(displacement, displacement)
     return displacement
 
 
@@ -356,7 +421,7 @@ def _inverted(forward: np.ndarray, estimate: np.ndarray) -> np.ndarray:
     """Refine w so that w(y) = -u(y + w(y)), i.e. (id + u) o (id + w) = id."""
     inverse = estimate
     for _ in range(_INVERSE_REFINEMENT_STEPS):
-        inverse = -kernels.warp(forward, inverse)
+        inverse = -_warp(forward, inverse)
     return inverse
 
 
@@ -366,10 +431,80 @@ def _min_jacobian_on_fixed_grid(displacement: np.ndarray, grid: _Grid, fixed: si
     The working grid shares the fixed image's direction and is isotropic, so
     the determinant in voxel units equals the physical one.
     """
-    index_ratio = np.array(fixed.GetSpacing()[::-1], dtype=np.float32) / np.float32(grid.spacing)
-    index_offset = np.full(3, grid.margin / grid.spacing, dtype=np.float32)
-    shape = np.array(fixed.GetSize()[::-1], dtype=np.int64)
-    return float(kernels.min_jacobian_at(displacement, shape, index_ratio, index_offset))
+    index_ratio = np.array(fixed.GetSpacing()[::-1], dtype=np.float64) / grid.spacing
+    index_offset = np.full(3, grid.margin / grid.spacing, dtype=np.float64)
+    size_z, size_y, size_x = fixed.GetSize()[::-1]
+    plane_min = np.empty(size_z, dtype=np.float64)
+    _run_slabs(_kernels().min_jacobian_slab, size_z, displacement, index_ratio, index_offset,
+               np.array([size_y, size_x], dtype=np.int64), plane_min)
+    return float(plane_min.min())
+
+
+def _kernels():
+    """The numba kernel module, imported (compiled or loaded from the cache) on first use only."""
+    from . import deformable_kernels
+    return deformable_kernels
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    """One shared pool of worker threads for the GIL-free kernels."""
+    return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="deformable")
+
+
+def _thread_count() -> int:
+    """The CPUs this process may use, capped at _MAX_THREADS."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(available or 1, _MAX_THREADS))
+
+
+def _run_slabs(kernel, planes: int, *arguments) -> None:
+    """kernel(*arguments, start, stop) over the planes [0, planes), one slab per worker thread."""
+    slabs = min(_thread_count(), planes)
+    bounds = np.linspace(0, planes, slabs + 1).astype(np.int64)
+    if slabs <= 1:
+        kernel(*arguments, 0, planes)
+        return
+    futures = [_pool().submit(kernel, *arguments, int(start), int(stop))
+               for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
+    for future in futures:
+        future.result()
+
+
+def _warp(volume: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """volume(x + displacement(x)) for every voxel x and every channel of volume."""
+    out = np.empty((volume.shape[0],) + displacement.shape[1:], dtype=np.float32)
+    _run_slabs(_kernels().warp_slab, displacement.shape[1], volume, displacement, out)
+    return out
+
+
+def _compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Displacement of (id + second) o (id + first): first(x) + second(x + first(x))."""
+    out = _warp(second, first)
+    out += first
+    return out
+
+
+def _smooth(volume: np.ndarray, kernel: Optional[np.ndarray]) -> np.ndarray:
+    """Separable convolution of every channel with a symmetric 1D kernel, edges clamped."""
+    if kernel is None:
+        return volume
+    kernels = _kernels()
+    along_x = np.empty_like(volume)
+    _run_slabs(kernels.smooth_axis_slab, volume.shape[1], volume, kernel, 2, along_x)
+    along_y = np.empty_like(volume)
+    _run_slabs(kernels.smooth_axis_slab, volume.shape[1], along_x, kernel, 1, along_y)
+    _run_slabs(kernels.smooth_axis_slab, volume.shape[2], along_y, kernel, 0, along_x)
+    return along_x
+
+
+def _normal_equations(fixed_features, warped, mask, inverse_step_sq):
+    """Per-voxel (b_z, b_y, b_x, a) of the symmetric demons step, and the masked energy."""
+    terms = np.empty((4,) + mask.shape, dtype=np.float32)
+    energy = np.zeros(mask.shape[0], dtype=np.float64)
+    _run_slabs(_kernels().normal_equations_slab, mask.shape[0], fixed_features, warped, mask,
+               inverse_step_sq, terms, energy)
+    return terms, float(energy.sum())
 
 
 def _displacement_transform(displacement: np.ndarray, grid: _Grid) -> sitk.DisplacementFieldTransform:
