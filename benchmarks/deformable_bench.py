@@ -213,7 +213,8 @@ def min_jacobian(mapping: sitk.Transform, fixed: sitk.Image) -> float:
     field = sitk.TransformToDisplacementField(
         mapping, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
         fixed.GetDirection())
-    return float(sitk.GetArrayViewFromImage(sitk.DisplacementFieldJacobianDeterminant(field)).min())
+    determinant = sitk.DisplacementFieldJacobianDeterminant(field)
+    return float(sitk.GetArrayFromImage(determinant).min())
 
 
 def _displacements(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
