@@ -31,10 +31,12 @@ MR_PAIRS = [
     (STROKE + "FLAIR.nii.gz", STROKE + "T2.nii.gz"),
     (MNI + "spm_avg152T1.nii.gz", MNI + "spm_avg152T2.nii.gz"),
     (MNI + "spm_avg152PD.nii.gz", MNI + "spm_avg152T1.nii.gz"),
+    (MNI + "spm_avg152T2.nii.gz", MNI + "spm_avg152PD.nii.gz"),
 ]
 CT_PAIRS = [
     (MNI + "spm_avg152T1.nii.gz", MNI + "clinical_scct.nii.gz"),
     (MNI + "clinical_scct.nii.gz", MNI + "spm_avg152T2.nii.gz"),
+    (MNI + "spm_avg152PD.nii.gz", MNI + "clinical_scct.nii.gz"),
 ]
 # (seed, rotation in degrees about a random axis, shift in mm)
 MISALIGNMENTS = [(0, 45.0, 40.0), (1, 45.0, 40.0), (2, 25.0, 20.0)]
@@ -97,6 +99,16 @@ def test_ct_template_intrinsic_offset_is_small(fixed_name, moving_name, intrinsi
     offset = evaluation.target_registration_error(
         intrinsic_ct_alignment(fixed_name, moving_name), sitk.Euler3DTransform(), points)
     assert offset.mean() < INTRINSIC_CT_OFFSET_LIMIT_MM
+
+
+def test_linear_stages_never_mirror():
+    """Left and right are never swapped: every stage's matrix keeps a positive determinant."""
+    fixed = _load(MNI + "spm_avg152T1.nii.gz")
+    moving, _, _ = _misaligned_case(fixed, _load(MNI + "clinical_scct.nii.gz"), 3, 45.0, 40.0)
+    result = register(fixed, moving, stages=("rigid", "affine"))
+    for stage in result.stages:
+        matrix = np.asarray(stage.transform.GetMatrix()).reshape(3, 3)
+        assert np.linalg.det(matrix) > 0, stage.name
 
 
 @pytest.mark.parametrize("kind", ["MR", "CT"])
