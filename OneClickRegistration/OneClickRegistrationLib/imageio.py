@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 # metres, or a corrupted file); refuse them instead of registering nonsense.
 MIN_SPACING_MM = 0.01
 MAX_SPACING_MM = 50.0
+# Head masks are computed at about this voxel size, then put back on the image grid.
+MASK_SPACING_MM = 2.0
 # DICOM tags that help recognise the modality.
 DICOM_HINT_TAGS = {
     "0008|0060": "Modality",
@@ -161,22 +163,24 @@ def robust_range(image: sitk.Image, low_percentile: float = 0.5, high_percentile
 
 
 def head_mask(image: sitk.Image) -> sitk.Image:
-    """Binary mask of the head (or object): Otsu foreground, largest component, holes filled.
+    """Binary mask of the head (or object) on the image's grid.
 
-    Computed on a copy clamped to robust percentiles so that padding values
-    outside a scanner's field of view do not pull the threshold.
+    Otsu foreground, opened, largest component, closed and hole-filled, all on
+    a copy of about 2 mm voxels (shape, not detail, is what the masks are for)
+    clamped to robust percentiles so that padding outside a scanner's field of
+    view does not pull the threshold.
     """
     low, high = robust_range(image)
-    clamped = sitk.Clamp(image, sitk.sitkFloat32, low, high)
-    foreground = sitk.OtsuThreshold(clamped, 0, 1, 128)
-    radius = _radius_in_voxels(image, 2.0)
-    foreground = sitk.BinaryMorphologicalOpening(foreground, radius)
+    coarse = shrink_to_spacing(sitk.Clamp(image, sitk.sitkFloat32, low, high), MASK_SPACING_MM)
+    foreground = sitk.OtsuThreshold(coarse, 0, 1, 128)
+    foreground = sitk.BinaryMorphologicalOpening(foreground, _radius_in_voxels(coarse, 2.0))
     components = sitk.RelabelComponent(sitk.ConnectedComponent(foreground), sortByObjectSize=True)
     largest = sitk.Cast(components == 1, sitk.sitkUInt8)
     if not np.any(sitk.GetArrayViewFromImage(largest)):
-        largest = sitk.Cast(clamped > low, sitk.sitkUInt8)
-    closed = sitk.BinaryMorphologicalClosing(largest, _radius_in_voxels(image, 4.0))
-    return sitk.BinaryFillhole(closed)
+        largest = sitk.Cast(coarse > low, sitk.sitkUInt8)
+    closed = sitk.BinaryMorphologicalClosing(largest, _radius_in_voxels(coarse, 4.0))
+    filled = sitk.BinaryFillhole(closed)
+    return sitk.Resample(filled, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def _radius_in_voxels(image: sitk.Image, radius_mm: float):

@@ -92,6 +92,8 @@ class LinearSettings:
         for key in ("smoothing_sigmas_mm", "rigid_iterations", "affine_iterations"):
             if len(getattr(self, key)) != levels:
                 problems.append(f"{key} must have one entry per level ({levels})")
+        if any(count < 0 for count in self.rigid_iterations + self.affine_iterations):
+            problems.append("iterations must be >= 0 (0 skips that level)")
         if not 0 <= self.rotation_search_deg <= 180 or self.rotation_step_deg <= 0:
             problems.append("rotation_search_deg must be in [0, 180] and rotation_step_deg > 0")
         if problems:
@@ -179,13 +181,12 @@ def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, r
     rotations = candidate_rotations(settings.rotation_search_deg, settings.rotation_step_deg)
     scores = shape.correlations([_rotated(start, angles) for angles in rotations])
     order = np.argsort(-scores, kind="stable")[:REFINED_CANDIDATES]
-    coarse_shrink = max(settings.shrink_factors)
-    coarse_sigma = max(settings.smoothing_sigmas_mm)
+    coarse = _PyramidLevel(fixed, moving, fixed_mask, max(settings.shrink_factors), max(settings.smoothing_sigmas_mm))
     refined = []
     for rank, index in enumerate(order):
         report(0.1 + 0.4 * rank / len(order), f"refining rotation candidate {rank + 1} of {len(order)}")
         candidate = shape.fit(_rotated(start, rotations[index]))
-        method = _single_level_method(fixed_mask, settings, coarse_shrink, coarse_sigma, COARSE_REFINE_ITERATIONS)
+        method = coarse.method(settings, COARSE_REFINE_ITERATIONS)
         method.SetInitialTransform(candidate, inPlace=False)
         result = _as_euler(method.Execute(fixed, moving))
         refined.append((method.GetMetricValue(), rank, result))
@@ -262,46 +263,83 @@ def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progres
     The step-size optimizer is not monotonic: from a start already near a
     sharp optimum its first large steps can leave the basin.  Each level
     therefore keeps its starting transform when the fit ends worse than it
-    began, both judged by the same full-resolution metric evaluation.
+    began, both judged on that level's images.
     """
     transform = initial
     levels = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations))
-    for level, (shrink, sigma, count) in enumerate(levels):
-        level_progress(level, len(levels))
-        method = _single_level_method(fixed_mask, settings, shrink, sigma, count)
+    for index, (shrink, sigma, count) in enumerate(levels):
+        level_progress(index, len(levels))
+        if count == 0:
+            continue
+        level = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma)
+        method = level.method(settings, count)
         method.SetInitialTransform(transform, inPlace=False)
-        start_value = method.MetricEvaluate(fixed, moving)
+        start_value = level.evaluate(method, transform)
         result = _innermost(method.Execute(fixed, moving))
-        method.SetInitialTransform(result, inPlace=False)
-        end_value = method.MetricEvaluate(fixed, moving)
-        logger.debug("level %d: metric %.5f -> %.5f, %s", level, start_value, end_value,
+        end_value = level.evaluate(method, result)
+        logger.debug("level %d: metric %.5f -> %.5f, %s", index, start_value, end_value,
                      method.GetOptimizerStopConditionDescription())
         if end_value <= start_value:
             transform = result
     return transform
 
 
-def _single_level_method(fixed_mask, settings, shrink, sigma_mm, iterations):
-    """A SimpleITK registration at one pyramid level: metric, sampling, optimizer."""
-    method = sitk.ImageRegistrationMethod()
-    if settings.metric == "mattes_mi":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
-    else:
-        method.SetMetricAsCorrelation()
-    mask_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
-    fraction = min(settings.sampling_fraction, MAX_METRIC_SAMPLES * shrink ** 3 / max(mask_voxels, 1))
-    method.SetMetricSamplingStrategy(method.REGULAR)
-    method.SetMetricSamplingPercentage(fraction, SAMPLING_SEED)
-    method.SetMetricFixedMask(fixed_mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=max(0.25, 0.5 * shrink), minStep=1e-3, numberOfIterations=int(iterations),
-        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([int(shrink)])
-    method.SetSmoothingSigmasPerLevel([float(sigma_mm)])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    return method
+class _PyramidLevel:
+    """One pyramid level: SimpleITK's own smoothing and shrinking for the fit,
+    plus a reduced copy of both images to compare metric values cheaply.
+
+    MetricEvaluate ignores the pyramid and samples at full resolution, which
+    is slow and not what the level optimised; the reduced copies (smoothed,
+    then subsampled about `shrink` times the finest spacing) answer "did this
+    level's fit improve its own metric?" in a fraction of the time.
+    """
+
+    def __init__(self, fixed, moving, fixed_mask, shrink: int, sigma_mm: float):
+        self.shrink = shrink
+        self.sigma_mm = sigma_mm
+        self.full_mask = fixed_mask
+        self.fixed = self._reduced(fixed, shrink, sigma_mm)
+        self.moving = self._reduced(moving, shrink, sigma_mm)
+        self.mask = sitk.Resample(fixed_mask, self.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                  fixed_mask.GetPixelID())
+
+    @staticmethod
+    def _reduced(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
+        smoothed = sitk.SmoothingRecursiveGaussian(image, sigma_mm) if sigma_mm > 0 else image
+        finest = min(image.GetSpacing())
+        factors = [max(1, int(round(shrink * finest / spacing))) for spacing in image.GetSpacing()]
+        return sitk.Shrink(smoothed, factors) if max(factors) > 1 else smoothed
+
+    def evaluate(self, method: sitk.ImageRegistrationMethod, transform: sitk.Transform) -> float:
+        """This level's metric for `transform`, on the reduced copies."""
+        method.SetInitialTransform(transform, inPlace=False)
+        method.SetMetricFixedMask(self.mask)
+        value = method.MetricEvaluate(self.fixed, self.moving)
+        method.SetMetricFixedMask(self.full_mask)
+        return value
+
+    def method(self, settings: LinearSettings, iterations: int) -> sitk.ImageRegistrationMethod:
+        """A SimpleITK registration at this level: metric, sampling, optimizer, pyramid."""
+        method = sitk.ImageRegistrationMethod()
+        if settings.metric == "mattes_mi":
+            method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
+        else:
+            method.SetMetricAsCorrelation()
+        mask_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(self.full_mask)))
+        method.SetMetricSamplingStrategy(method.REGULAR)
+        method.SetMetricSamplingPercentage(
+            min(settings.sampling_fraction, MAX_METRIC_SAMPLES * self.shrink ** 3 / max(mask_voxels, 1)),
+            SAMPLING_SEED)
+        method.SetMetricFixedMask(self.full_mask)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=max(0.25, 0.5 * self.shrink), minStep=1e-3, numberOfIterations=int(iterations),
+            relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel([int(self.shrink)])
+        method.SetSmoothingSigmasPerLevel([float(self.sigma_mm)])
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        return method
 
 
 def _level_progress(report, offset, width):
