@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -324,7 +324,7 @@ def _slug(text: str) -> str:
     return "_".join(part for part in keep.split("_") if part)
 
 
-def warmup_case(data_dir: Path, out_dir: Path) -> Optional[Case]:
+def warmup_case(data_dir: Path, out_dir: Path) -> Case:
     """A tiny case (MNI T1/T2 at 4 mm) to load libraries and compile kernels before timing."""
     pair = PAIRS[2]
     out_dir = Path(out_dir) / "warmup"

@@ -216,7 +216,7 @@ def _speed_table(speed: dict) -> list:
     for name, seconds in speed.get("stages", {}).items():
         lines.append(f"| stage {name} | {_cell(seconds, 1)} |")
     lines += [f"| whole register() call | {_cell(speed.get('seconds'), 1)} |",
-              f"| numba compile, cold cache (first call minus second call) | "
+              f"| numba compile, cold cache (its compile events, first call) | "
               f"{_cell(speed.get('numba_compile_seconds'), 1)} |",
               "", f"Peak memory {_cell(speed.get('peak_mb'), 0)} MB; median TRE "
               f"{_cell(speed.get('tre_median'))} mm; status {speed.get('status')}."]
