@@ -138,34 +138,45 @@ def candidate_rotations(max_deg: float, step_deg: float):
 
 
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: LinearSettings, *,
-                   fixed_mask: sitk.Image, moving_mask: sitk.Image,
+                   fixed_head: sitk.Image, moving_head: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
                    progress: ProgressCallback = None) -> sitk.Euler3DTransform:
-    """Rigid fixed->moving transform from scratch: centres, rotation search, multi-resolution fit."""
+    """Rigid fixed->moving transform from scratch: centres, rotation search, multi-resolution fit.
+
+    The search works on the head masks and rank-normalised head intensities
+    (robust far from the answer); the final fit uses the clamped intensities
+    of the whole image (or of the user's mask), whose optimum is the most
+    precise because the edges of the head count too.
+    """
     report = progress or (lambda fraction, message: None)
-    fixed_metric = metric_image(fixed, fixed_mask)
-    moving_metric = metric_image(moving, moving_mask)
-    start = initial_rigid(fixed_mask, moving_mask)
+    fixed_metric = metric_image(fixed, fixed_head)
+    moving_metric = metric_image(moving, moving_head)
+    start = initial_rigid(fixed_head, moving_head)
     report(0.05, "searching rotations")
-    best = _search_rotations(fixed_metric, moving_metric, fixed_mask, moving_mask, start, settings, report)
-    fitted = _fit(fixed_metric, moving_metric, fixed_mask, best, settings, settings.rigid_iterations,
+    best = _search_rotations(fixed_metric, moving_metric, fixed_head, moving_head, start, settings, report)
+    fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, best, settings, settings.rigid_iterations,
                   _level_progress(report, 0.5, 0.5))
     return _as_euler(fitted)
 
 
 def register_affine(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform,
-                    settings: LinearSettings, *, fixed_mask: sitk.Image, moving_mask: sitk.Image,
+                    settings: LinearSettings, *, fixed_head: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
                     progress: ProgressCallback = None) -> sitk.AffineTransform:
     """Affine fixed->moving transform starting from `initial` (the rigid result)."""
     report = progress or (lambda fraction, message: None)
-    fixed_metric = metric_image(fixed, fixed_mask)
-    moving_metric = metric_image(moving, moving_mask)
-    center = imageio.mask_center(fixed_mask)
-    fitted = _fit(fixed_metric, moving_metric, fixed_mask, _as_affine(initial, center), settings,
+    center = imageio.mask_center(fixed_head)
+    fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, _as_affine(initial, center), settings,
                   settings.affine_iterations, _level_progress(report, 0.0, 1.0))
     affine = _as_affine(fitted, center)
     if np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) <= 0:
         raise InvalidInputError("the affine fit collapsed or mirrored the image; keep the rigid result")
     return affine
+
+
+def fit_image(image: sitk.Image) -> sitk.Image:
+    """Intensities clamped to robust percentiles, so padding (e.g. -2048 outside a CT field of view)
+    and a few extreme voxels do not squeeze the tissue into one histogram bin."""
+    low, high = imageio.robust_range(image)
+    return sitk.Clamp(image, sitk.sitkFloat32, low, high)
 
 
 def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, report):
@@ -298,10 +309,12 @@ class _PyramidLevel:
         self.shrink = shrink
         self.sigma_mm = sigma_mm
         self.full_mask = fixed_mask
+        self.voxels = (int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None
+                       else int(np.prod(fixed.GetSize())))
         self.fixed = self._reduced(fixed, shrink, sigma_mm)
         self.moving = self._reduced(moving, shrink, sigma_mm)
-        self.mask = sitk.Resample(fixed_mask, self.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                                  fixed_mask.GetPixelID())
+        self.mask = (sitk.Resample(fixed_mask, self.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                   fixed_mask.GetPixelID()) if fixed_mask is not None else None)
 
     @staticmethod
     def _reduced(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
@@ -313,9 +326,11 @@ class _PyramidLevel:
     def evaluate(self, method: sitk.ImageRegistrationMethod, transform: sitk.Transform) -> float:
         """This level's metric for `transform`, on the reduced copies."""
         method.SetInitialTransform(transform, inPlace=False)
-        method.SetMetricFixedMask(self.mask)
+        if self.mask is not None:
+            method.SetMetricFixedMask(self.mask)
         value = method.MetricEvaluate(self.fixed, self.moving)
-        method.SetMetricFixedMask(self.full_mask)
+        if self.full_mask is not None:
+            method.SetMetricFixedMask(self.full_mask)
         return value
 
     def method(self, settings: LinearSettings, iterations: int) -> sitk.ImageRegistrationMethod:
@@ -325,12 +340,12 @@ class _PyramidLevel:
             method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
         else:
             method.SetMetricAsCorrelation()
-        mask_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(self.full_mask)))
         method.SetMetricSamplingStrategy(method.REGULAR)
         method.SetMetricSamplingPercentage(
-            min(settings.sampling_fraction, MAX_METRIC_SAMPLES * self.shrink ** 3 / max(mask_voxels, 1)),
+            min(settings.sampling_fraction, MAX_METRIC_SAMPLES * self.shrink ** 3 / max(self.voxels, 1)),
             SAMPLING_SEED)
-        method.SetMetricFixedMask(self.full_mask)
+        if self.full_mask is not None:
+            method.SetMetricFixedMask(self.full_mask)
         method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=max(0.25, 0.5 * self.shrink), minStep=1e-3, numberOfIterations=int(iterations),

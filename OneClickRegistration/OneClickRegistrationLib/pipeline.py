@@ -218,17 +218,16 @@ def _run_stage(name, fixed, moving, current, preset, cross_modality,
     if name == "rigid":
         rigid = linear.register_rigid(
             fixed, moving, preset.linear,
-            fixed_mask=_and_mask(fixed_mask, fixed_head),
-            moving_mask=_and_mask(moving_mask, moving_head),
-            progress=progress,
+            fixed_head=_and_mask(fixed_mask, fixed_head),
+            moving_head=_and_mask(moving_mask, moving_head),
+            fixed_mask=fixed_mask, progress=progress,
         )
         return rigid, rigid.GetInverse(), ""
     if name == "affine":
         affine = linear.register_affine(
             fixed, moving, current, preset.linear,
-            fixed_mask=_and_mask(fixed_mask, fixed_head),
-            moving_mask=_and_mask(moving_mask, moving_head),
-            progress=progress,
+            fixed_head=_and_mask(fixed_mask, fixed_head),
+            fixed_mask=fixed_mask, progress=progress,
         )
         return affine, affine.GetInverse(), ""
     if name == "deformable":
