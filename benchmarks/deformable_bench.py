@@ -32,7 +32,7 @@ grid (finite differences of its displacement field), inverse consistency
 process whose kernels were compiled beforehand, that process's peak memory
 (linear stages included), and the cold-cache kernel compile time.
 
-Run:  .venv/bin/python -m benchmarks.deformable_bench [--output results.json] [--quick]
+Run:  .venv/bin/python -m benchmarks.deformable_bench [--output results.json] [--quick] [--cases TEXT]
 """
 from __future__ import annotations
 
@@ -358,9 +358,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", help="write the results as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="only the stroke cases")
+    parser.add_argument("--cases", help="only the cases whose name contains this text (case-insensitive)")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     specs = QUICK_CASES if arguments.quick else CASES
+    if arguments.cases:
+        specs = tuple(spec for spec in specs if arguments.cases.lower() in spec.name.lower())
     compile_s = compile_seconds()
     reference_cache = {}
     with tempfile.TemporaryDirectory() as work:
