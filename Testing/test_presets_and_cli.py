@@ -89,3 +89,14 @@ def test_command_line_registers_and_writes_transform_volume_report(tmp_path, cap
     assert errors.mean() < 3.5  # the CT template's own offset to the T1 template is ~1.5 mm
     resampled = sitk.ReadImage(str(out / "moved_ct_registered.nii.gz"))
     assert resampled.GetSize() == fixed.GetSize() and resampled.GetOrigin() == fixed.GetOrigin()
+
+
+def test_demo_recovers_the_known_motion_of_the_bundled_pair(tmp_path, capsys):
+    """`make demo`'s code path on the bundled sample pair (rigid only, to stay quick)."""
+    from OneClickRegistrationLib import demo
+
+    assert demo.main(["--output", str(tmp_path), "--stages", "rigid"]) == 0
+    printed = capsys.readouterr().out
+    median = float(printed.split("median ")[-1].split(" mm")[0])
+    assert median < 1.0
+    assert (tmp_path / "T2_to_T1.h5").exists() and (tmp_path / "T2_misaligned_report.json").exists()
