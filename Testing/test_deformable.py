@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from conftest import ROOT, shared_file
 
 from benchmarks import deformable_bench as bench
+from OneClickRegistrationLib import evaluation
 from OneClickRegistrationLib.deformable import DeformableOutcome, DeformableSettings, register_deformable
 from OneClickRegistrationLib.errors import InvalidInputError, RegistrationCancelled
 
@@ -95,7 +96,7 @@ def test_same_image_under_a_rigid_gives_no_deformation():
     fixed = bench.read_float(f"{STROKE}/T1.nii.gz", 2) if (bench.SHARED_DATA / STROKE).is_dir() \
         else pytest.skip("needs the stroke pair")
     rigid = bench.known_rigid(fixed, bench.CaseSpec("same", "", "", "T1", "T1", 0.0, seed=3))
-    outcome = register_deformable(fixed, bench._moved_header(fixed, rigid), rigid,
+    outcome = register_deformable(fixed, evaluation.move_header(fixed, rigid), rigid,
                                   DeformableSettings(metric="lncc", iterations=(10, 10, 5)))
     assert outcome.max_displacement_mm < 0.05
     assert outcome.min_jacobian == pytest.approx(1.0, abs=1e-3)

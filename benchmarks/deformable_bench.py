@@ -55,6 +55,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "OneClickRegistration"))
 sys.path.insert(0, str(ROOT))
+from OneClickRegistrationLib import evaluation  # noqa: E402  (needs the path above)
+
 SHARED_DATA = Path(os.environ.get("ONECLICK_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 logger = logging.getLogger(__name__)
@@ -181,19 +183,9 @@ def build_case(spec: CaseSpec) -> Case:
     warp_back = sitk.DisplacementFieldTransform(inverse_field)
     background = float(sitk.GetArrayViewFromImage(original).min())
     deformed = sitk.Resample(original, original, warp_back, sitk.sitkBSpline, background, sitk.sitkFloat32)
-    moving = _moved_header(deformed, rigid)
+    moving = evaluation.move_header(deformed, rigid)
     truth = sitk.CompositeTransform([rigid, sitk.DisplacementFieldTransform(deformation)])
     return Case(fixed, moving, original, head, rigid, truth)
-
-
-def _moved_header(image: sitk.Image, rigid: sitk.Euler3DTransform) -> sitk.Image:
-    """The same voxels with the header moved so that voxel i lies at rigid(p_i)."""
-    moved = sitk.Image(image)
-    matrix = np.array(rigid.GetMatrix()).reshape(3, 3)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    moved.SetOrigin(rigid.TransformPoint(image.GetOrigin()))
-    moved.SetDirection((matrix @ direction).flatten().tolist())
-    return moved
 
 
 def mapping_error_mm(mapping: sitk.Transform, truth: sitk.Transform, head: sitk.Image) -> np.ndarray:
