@@ -102,6 +102,14 @@ def test_same_image_under_a_rigid_gives_no_deformation():
     assert outcome.min_jacobian == pytest.approx(1.0, abs=1e-3)
 
 
+def test_no_level_is_finer_than_the_fixed_image():
+    blob = sitk.GaussianSource(sitk.sitkFloat32, [24, 24, 24], [4.0] * 3, [12.0] * 3, 100.0, [1.0] * 3, [4.0] * 3)
+    outcome = register_deformable(blob, blob, sitk.Euler3DTransform(),
+                                  DeformableSettings(grid_spacings_mm=(8.0, 4.0, 2.0), iterations=(3, 3, 3)))
+    assert outcome.forward.GetDisplacementField().GetSpacing() == (4.0, 4.0, 4.0)
+    assert len(outcome.iterations_run) == 2, "the 2 mm level repeats the 4 mm one once clamped"
+
+
 def test_transforms_write_and_read_back(pipeline_runs, tmp_path):
     case, (_, final, result) = pipeline_runs[0](6.0)
     sitk.WriteTransform(final, str(tmp_path / "forward.h5"))

@@ -88,6 +88,8 @@ CASES = (
              "T1", "FLAIR", 8.0, 3),
     CaseSpec("T1-FLAIR stroke, rigid only", f"{STROKE}/T1.nii.gz", f"{STROKE}/FLAIR.nii.gz",
              "T1", "FLAIR", 0.0, 6),
+    CaseSpec("T1-T2 MNI, deformed 6 mm", f"{MNI}/spm_avg152T1.nii.gz", f"{MNI}/spm_avg152T2.nii.gz",
+             "T1", "T2", 6.0, 8),
     CaseSpec("T1-CT MNI, deformed 6 mm", f"{MNI}/spm_avg152T1.nii.gz", f"{MNI}/clinical_scct.nii.gz",
              "T1", "CT", 6.0, 4),
     CaseSpec("T1-CT MNI, rigid only", f"{MNI}/spm_avg152T1.nii.gz", f"{MNI}/clinical_scct.nii.gz",

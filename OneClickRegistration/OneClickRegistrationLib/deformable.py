@@ -52,7 +52,8 @@ METRICS = ("lncc", "mind")
 _SQUARING_START_VOXELS = 0.5
 # Fixed-point steps that refine exp(-v) into the inverse of exp(v).
 _INVERSE_REFINEMENT_STEPS = 6
-# Gaussian window of the local statistics (lncc) and patches (mind), in working voxels.
+# Gaussian window of the patches (mind) and local statistics (lncc), in voxels of the
+# preset's finest grid (so a finest level clamped to the image's voxel keeps the same scale in mm).
 _FEATURE_SIGMA_VOXELS = 1.0
 _LNCC_WINDOW_SIGMA_VOXELS = 2.0
 # How far the mask reaches beyond the head, in working voxels, so that edges count.
@@ -74,7 +75,9 @@ class DeformableSettings:
 
     run_by_default: whether the pipeline runs the stage for this pair.
     metric: 'lncc' (same modality) or 'mind' (cross modality).
-    grid_spacings_mm: working-grid spacing per level, coarse to fine.
+    grid_spacings_mm: working-grid spacing per level, coarse to fine; a level
+        is never finer than the fixed image's finest voxel (clamped, and dropped
+        when that repeats the previous level).
     iterations: most demons iterations per level (same length as
         grid_spacings_mm); a level stops early once its energy stops falling.
     regularization_sigma_mm: Gaussian smoothing of the velocity field each
@@ -194,8 +197,9 @@ def register_deformable(
     start = time.perf_counter()
     report = progress or (lambda fraction, message: None)
     report(0.0, "preparing images")
-    margin = _MARGIN_COARSE_VOXELS * settings.grid_spacings_mm[0]
-    grids = [_Grid.covering(fixed, spacing, margin) for spacing in settings.grid_spacings_mm]
+    spacings, budgets = _level_plan(settings, fixed)
+    margin = _MARGIN_COARSE_VOXELS * spacings[0]
+    grids = [_Grid.covering(fixed, spacing, margin) for spacing in spacings]
     finest = grids[-1]
     fixed_work = _to_grid(fixed, sitk.Transform(3, sitk.sitkIdentity), finest)
     moving_work = _to_grid(moving, initial_transform, finest)
@@ -204,13 +208,14 @@ def register_deformable(
     # Features are computed once at the finest level and smoothed down the pyramid:
     # MIND of a coarsened T1 and T2 disagree (their tissue contrasts mix differently),
     # which made the coarse levels invent millimetres of deformation on rigid-only pairs.
-    fixed_fine = _features(fixed_work, settings.metric)
-    moving_fine = _features(moving_work, settings.metric)
+    scale = settings.grid_spacings_mm[-1] / finest.spacing
+    fixed_fine = _features(fixed_work, settings.metric, scale)
+    moving_fine = _features(moving_work, settings.metric, scale)
     velocity = None
-    total_iterations = sum(settings.iterations)
+    total_iterations = sum(budgets)
     done = 0
     iterations_run = []
-    for level, (grid, iterations) in enumerate(zip(grids, settings.iterations)):
+    for level, (grid, iterations) in enumerate(zip(grids, budgets)):
         ratio = grid.spacing / finest.spacing
         mask_level = _downsample_mask(mask_work, grid, ratio)
         fixed_features = _downsample_channels(fixed_fine, grid, ratio)
@@ -243,6 +248,23 @@ def register_deformable(
         max_displacement_mm=max_displacement,
         iterations_run=tuple(iterations_run),
     )
+
+
+def _level_plan(settings: DeformableSettings, fixed: sitk.Image) -> tuple:
+    """(grid spacings, iteration budgets) of the levels, none finer than the fixed image's finest voxel.
+
+    A grid finer than the image adds no detail, only time; a level that the
+    clamp makes equal to the previous one is dropped with its budget.
+    """
+    finest_voxel = min(fixed.GetSpacing())
+    spacings, budgets = [], []
+    for spacing, budget in zip(settings.grid_spacings_mm, settings.iterations):
+        spacing = max(spacing, finest_voxel)
+        if spacings and math.isclose(spacing, spacings[-1]):
+            continue
+        spacings.append(spacing)
+        budgets.append(budget)
+    return tuple(spacings), tuple(budgets)
 
 
 def _optimise_level(velocity, fixed_features, moving_features, mask, grid, iterations, settings, report):
@@ -337,16 +359,19 @@ def _downsample_mask(mask: np.ndarray, grid: _Grid, ratio: float) -> np.ndarray:
     return (coarse > 0.01).astype(np.uint8)
 
 
-def _features(volume: np.ndarray, metric: str) -> np.ndarray:
-    """The channels the demons force compares, shaped (channels, z, y, x)."""
+def _features(volume: np.ndarray, metric: str, scale: float) -> np.ndarray:
+    """The channels the demons force compares, shaped (channels, z, y, x).
+
+    scale: the windows' size relative to their default in working voxels.
+    """
     if metric == "lncc":
-        return _locally_standardised(volume)[np.newaxis]
-    return _mind_descriptors(volume)
+        return _locally_standardised(volume, _LNCC_WINDOW_SIGMA_VOXELS * scale)[np.newaxis]
+    return _mind_descriptors(volume, _FEATURE_SIGMA_VOXELS * scale)
 
 
-def _locally_standardised(volume: np.ndarray) -> np.ndarray:
-    """(I - local mean) / local std with a Gaussian window; SSD of these is local NCC."""
-    window = _gaussian_kernel(_LNCC_WINDOW_SIGMA_VOXELS)
+def _locally_standardised(volume: np.ndarray, window_sigma: float) -> np.ndarray:
+    """(I - local mean) / local std with a Gaussian window (sigma in voxels); SSD of these is local NCC."""
+    window = _gaussian_kernel(window_sigma)
     stacked = np.stack([volume, volume * volume])
     local_mean, local_square = _smooth(stacked, window)
     variance = np.maximum(local_square - local_mean * local_mean, 0.0)
@@ -354,9 +379,9 @@ def _locally_standardised(volume: np.ndarray) -> np.ndarray:
     return ((volume - local_mean) / np.sqrt(variance + floor)).astype(np.float32)
 
 
-def _mind_descriptors(volume: np.ndarray) -> np.ndarray:
-    """Six-neighbourhood MIND: exp(-patch distance / local variance) per direction."""
-    patch = _gaussian_kernel(_FEATURE_SIGMA_VOXELS)
+def _mind_descriptors(volume: np.ndarray, patch_sigma: float) -> np.ndarray:
+    """Six-neighbourhood MIND: exp(-patch distance / local variance) per direction (patch sigma in voxels)."""
+    patch = _gaussian_kernel(patch_sigma)
     shifted_differences = []
     for axis in range(3):
         for offset in (-1, 1):
