@@ -197,10 +197,8 @@ def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, r
     for rank, index in enumerate(order):
         report(0.1 + 0.4 * rank / len(order), f"refining rotation candidate {rank + 1} of {len(order)}")
         candidate = shape.fit(_rotated(start, rotations[index]))
-        method = coarse.method(settings, COARSE_REFINE_ITERATIONS)
-        method.SetInitialTransform(candidate, inPlace=False)
-        result = _as_euler(method.Execute(fixed, moving))
-        refined.append((method.GetMetricValue(), rank, result))
+        value, result = coarse.fit(settings, COARSE_REFINE_ITERATIONS, candidate)
+        refined.append((value, rank, _as_euler(result)))
     best_value, _, best = min(refined, key=lambda item: (item[0], item[1]))
     logger.info("rotation search: %d rotations, best coarse metric %.4f", len(rotations), best_value)
     return best
@@ -269,91 +267,87 @@ def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
 
 
 def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progress):
-    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
-
-    The step-size optimizer is not monotonic: from a start already near a
-    sharp optimum its first large steps can leave the basin.  Each level
-    therefore keeps its starting transform when the fit ends worse than it
-    began, both judged on that level's images.
-    """
+    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count."""
     transform = initial
     levels = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations))
     for index, (shrink, sigma, count) in enumerate(levels):
         level_progress(index, len(levels))
         if count == 0:
             continue
-        level = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma)
-        method = level.method(settings, count)
-        method.SetInitialTransform(transform, inPlace=False)
-        start_value = level.evaluate(method, transform)
-        result = _innermost(method.Execute(fixed, moving))
-        end_value = level.evaluate(method, result)
-        logger.debug("level %d: metric %.5f -> %.5f, %s", index, start_value, end_value,
-                     method.GetOptimizerStopConditionDescription())
-        if end_value <= start_value:
-            transform = result
+        _, transform = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma).fit(settings, count, transform)
     return transform
 
 
 class _PyramidLevel:
-    """One pyramid level: SimpleITK's own smoothing and shrinking for the fit,
-    plus a reduced copy of both images to compare metric values cheaply.
+    """One pyramid level: both images smoothed and subsampled once, every fit at this level runs on them.
 
-    MetricEvaluate ignores the pyramid and samples at full resolution, which
-    is slow and not what the level optimised; the reduced copies (smoothed,
-    then subsampled about `shrink` times the finest spacing) answer "did this
-    level's fit improve its own metric?" in a fraction of the time.
+    Doing the pyramid here rather than in SimpleITK lets several fits (the
+    rotation candidates) share one smoothing of the full images.
     """
 
     def __init__(self, fixed, moving, fixed_mask, shrink: int, sigma_mm: float):
         self.shrink = shrink
-        self.sigma_mm = sigma_mm
-        self.full_mask = fixed_mask
+        self.mask = fixed_mask
         self.voxels = (int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None
                        else int(np.prod(fixed.GetSize())))
         self.fixed = self._reduced(fixed, shrink, sigma_mm)
         self.moving = self._reduced(moving, shrink, sigma_mm)
-        self.mask = (sitk.Resample(fixed_mask, self.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                                   fixed_mask.GetPixelID()) if fixed_mask is not None else None)
 
     @staticmethod
     def _reduced(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
+        """Smoothed by sigma_mm, then subsampled to about `shrink` times the finest spacing."""
         smoothed = sitk.SmoothingRecursiveGaussian(image, sigma_mm) if sigma_mm > 0 else image
         finest = min(image.GetSpacing())
         factors = [max(1, int(round(shrink * finest / spacing))) for spacing in image.GetSpacing()]
         return sitk.Shrink(smoothed, factors) if max(factors) > 1 else smoothed
 
-    def evaluate(self, method: sitk.ImageRegistrationMethod, transform: sitk.Transform) -> float:
-        """This level's metric for `transform`, on the reduced copies."""
-        method.SetInitialTransform(transform, inPlace=False)
-        if self.mask is not None:
-            method.SetMetricFixedMask(self.mask)
-        value = method.MetricEvaluate(self.fixed, self.moving)
-        if self.full_mask is not None:
-            method.SetMetricFixedMask(self.full_mask)
-        return value
+    def fit(self, settings: LinearSettings, iterations: int, initial: sitk.Transform):
+        """Optimise from `initial`; return (metric value, transform) of the best pose the optimizer visited.
 
-    def method(self, settings: LinearSettings, iterations: int) -> sitk.ImageRegistrationMethod:
-        """A SimpleITK registration at this level: metric, sampling, optimizer, pyramid."""
+        The step-size optimizer is not monotonic: from a start already near a
+        sharp optimum its first large steps can leave the basin, and it stops
+        wherever its step became small.  Keeping the best pose it evaluated
+        (the start included) costs nothing: each iteration reports the metric
+        of the pose it stepped from.
+        """
+        method = self._method(settings, iterations)
+        method.SetInitialTransform(initial, inPlace=False)
+        best = [np.inf, tuple(initial.GetParameters())]
+        stepped_from = [best[1]]
+
+        def remember_best():
+            value = method.GetMetricValue()
+            if value < best[0]:
+                best[:] = [value, stepped_from[0]]
+            stepped_from[0] = tuple(method.GetOptimizerPosition())
+
+        method.AddCommand(sitk.sitkIterationEvent, remember_best)
+        method.Execute(self.fixed, self.moving)
+        logger.debug("level shrink %d: best metric %.5f, %s", self.shrink, best[0],
+                     method.GetOptimizerStopConditionDescription())
+        result = type(initial)(initial)
+        result.SetParameters(best[1])
+        return best[0], result
+
+    def _method(self, settings: LinearSettings, iterations: int) -> sitk.ImageRegistrationMethod:
+        """A SimpleITK registration on this level's images: metric, sampling, optimizer."""
         method = sitk.ImageRegistrationMethod()
         if settings.metric == "mattes_mi":
             method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
         else:
             method.SetMetricAsCorrelation()
+        method.SetMetricUseMovingImageGradientFilter(False)
         method.SetMetricSamplingStrategy(method.REGULAR)
         method.SetMetricSamplingPercentage(
             min(settings.sampling_fraction, MAX_METRIC_SAMPLES * self.shrink ** 3 / max(self.voxels, 1)),
             SAMPLING_SEED)
-        if self.full_mask is not None:
-            method.SetMetricFixedMask(self.full_mask)
+        if self.mask is not None:
+            method.SetMetricFixedMask(self.mask)
         method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=max(0.25, 0.5 * self.shrink), minStep=1e-3, numberOfIterations=int(iterations),
             relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
         method.SetOptimizerScalesFromPhysicalShift()
-        method.SetShrinkFactorsPerLevel([int(self.shrink)])
-        method.SetSmoothingSigmasPerLevel([float(self.sigma_mm)])
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         return method
 
 
