@@ -92,6 +92,21 @@ def test_rigid_only_case_is_not_worse_with_the_deformable_stage(pipeline_runs):
         assert errors["final"].mean() - errors["affine"].mean() <= 0.2
 
 
+def test_ct_rigid_only_case_is_not_worse_and_does_not_fold():
+    """The CT rows' stage (NGF, forced on) on the MNI T1 / CT templates moved by a rigid only."""
+    shared_file(f"{bench.MNI}/spm_avg152T1.nii.gz")
+    shared_file(f"{bench.MNI}/clinical_scct.nii.gz")
+    spec = bench.CaseSpec("ct", f"{bench.MNI}/spm_avg152T1.nii.gz", f"{bench.MNI}/clinical_scct.nii.gz",
+                          "T1", "CT", 0.0, seed=5)
+    case = bench.build_case(spec)
+    affine_only, final, result = bench.run_pipeline(case.fixed, case.moving, "T1", "CT")
+    before = bench.mapping_error_mm(affine_only, case.truth, case.head).mean()
+    after = bench.mapping_error_mm(final, case.truth, case.head).mean()
+    assert after - before <= 0.2
+    assert bench.min_jacobian(final, case.fixed) > 0.0
+    assert bench.round_trip_error_mm(final, result.inverse_transform, case.head).max() < 0.1
+
+
 def test_same_image_under_a_rigid_gives_no_deformation():
     fixed = bench.read_float(f"{STROKE}/T1.nii.gz", 2) if (bench.SHARED_DATA / STROKE).is_dir() \
         else pytest.skip("needs the stroke pair")
@@ -184,5 +199,6 @@ def test_preset_table_rows_are_valid_settings():
     for row in table["presets"]:
         settings = DeformableSettings.from_dict(row["deformable"])
         cross = row["modalities"][0] != row["modalities"][1]
-        assert settings.metric == ("mind" if cross else "lncc"), row["name"]
+        expected = ("ngf" if "CT" in row["modalities"] else "mind") if cross else "lncc"
+        assert settings.metric == expected, row["name"]
         assert dataclasses.is_dataclass(settings)

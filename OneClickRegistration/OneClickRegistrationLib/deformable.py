@@ -19,7 +19,10 @@ early when its energy stops falling.  The features make the metric:
 * 'lncc': intensities standardised by their local mean and standard deviation
   (SSD of these is a local normalised cross-correlation), for same-modality pairs;
 * 'mind': MIND descriptors (Heinrich et al. 2012), a modality-independent
-  description of local self-similarity, for cross-modality pairs.
+  description of local self-similarity, for cross-modality pairs;
+* 'ngf': normalised gradient fields as orientation tensors n n^T (where edges
+  are and how they are oriented, not their contrast or polarity), for pairs
+  whose one image has far less interior detail than the other (CT versus MR).
 
 The moving image is resampled once through the affine result onto the working
 grid, so the full mapping is A(x + u(x)) and the result is returned as a
@@ -47,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
 
-METRICS = ("lncc", "mind")
+METRICS = ("lncc", "mind", "ngf")
 # Scaling and squaring starts from v / 2^N with |v| / 2^N below this (voxels).
 _SQUARING_START_VOXELS = 0.5
 # Fixed-point steps that refine exp(-v) into the inverse of exp(v).
@@ -56,6 +59,8 @@ _INVERSE_REFINEMENT_STEPS = 6
 # preset's finest grid (so a finest level clamped to the image's voxel keeps the same scale in mm).
 _FEATURE_SIGMA_VOXELS = 1.0
 _LNCC_WINDOW_SIGMA_VOXELS = 2.0
+# NGF edge threshold: this fraction of the median gradient magnitude of the voxels with any gradient.
+_NGF_EPSILON_FRACTION = 1.0
 # How far the mask reaches beyond the head, in working voxels, so that edges count.
 _MASK_MARGIN_VOXELS = 2
 # Margin of the working grid beyond the fixed image, in voxels of the coarsest level.
@@ -74,7 +79,7 @@ class DeformableSettings:
     """The "deformable" object of a preset-table row.
 
     run_by_default: whether the pipeline runs the stage for this pair.
-    metric: 'lncc' (same modality) or 'mind' (cross modality).
+    metric: 'lncc' (same modality), 'mind' or 'ngf' (cross modality).
     grid_spacings_mm: working-grid spacing per level, coarse to fine; a level
         is never finer than the fixed image's finest voxel (clamped, and dropped
         when that repeats the previous level).
@@ -366,6 +371,8 @@ def _features(volume: np.ndarray, metric: str, scale: float) -> np.ndarray:
     """
     if metric == "lncc":
         return _locally_standardised(volume, _LNCC_WINDOW_SIGMA_VOXELS * scale)[np.newaxis]
+    if metric == "ngf":
+        return _gradient_orientation_tensors(volume, _FEATURE_SIGMA_VOXELS * scale)
     return _mind_descriptors(volume, _FEATURE_SIGMA_VOXELS * scale)
 
 
@@ -392,6 +399,27 @@ def _mind_descriptors(volume: np.ndarray, patch_sigma: float) -> np.ndarray:
     mean_variance = max(float(variance.mean()), 1e-12)
     variance = np.clip(variance, 1e-3 * mean_variance, 1e3 * mean_variance)
     return np.exp(-distances / variance).astype(np.float32)
+
+
+def _gradient_orientation_tensors(volume: np.ndarray, sigma: float) -> np.ndarray:
+    """NGF features: the six distinct entries of n n^T, n = grad I / sqrt(|grad I|^2 + eps^2).
+
+    The volume is smoothed (sigma in voxels) before the central differences;
+    eps is a fraction of the median gradient magnitude, so weak ramps and flat
+    regions give near-zero tensors and only edges drive the force.  Off-diagonal
+    entries are weighted by sqrt(2) so that the SSD of features is the
+    Frobenius distance of the tensors.
+    """
+    smoothed = _smooth(volume[np.newaxis], _gaussian_kernel(sigma))[0]
+    gradient = np.stack(np.gradient(smoothed)).astype(np.float32)
+    magnitude = np.sqrt((gradient ** 2).sum(axis=0))
+    nonzero = magnitude[magnitude > 0]
+    epsilon = _NGF_EPSILON_FRACTION * (float(np.median(nonzero)) if nonzero.size else 1.0)
+    normal = gradient / np.sqrt(magnitude ** 2 + np.float32(epsilon ** 2))
+    root2 = np.float32(math.sqrt(2.0))
+    return np.stack([normal[0] * normal[0], normal[1] * normal[1], normal[2] * normal[2],
+                     root2 * normal[0] * normal[1], root2 * normal[0] * normal[2],
+                     root2 * normal[1] * normal[2]]).astype(np.float32)
 
 
 def _shifted(volume: np.ndarray, axis: int, offset: int) -> np.ndarray:
