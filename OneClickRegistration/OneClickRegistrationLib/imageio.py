@@ -24,6 +24,10 @@ MIN_SPACING_MM = 0.01
 MAX_SPACING_MM = 50.0
 # Head masks are computed at about this voxel size, then put back on the image grid.
 MASK_SPACING_MM = 2.0
+# A minimum value filling at least this fraction of the voxels, set apart from all
+# other values by more than this fraction of the range, is field-of-view padding.
+PADDING_MIN_FRACTION = 0.01
+PADDING_GAP_FRACTION = 0.05
 # DICOM tags that help recognise the modality.
 DICOM_HINT_TAGS = {
     "0008|0060": "Modality",
@@ -156,10 +160,38 @@ def same_image(a: sitk.Image, b: sitk.Image) -> bool:
 
 
 def robust_range(image: sitk.Image, low_percentile: float = 0.5, high_percentile: float = 99.5):
-    """Intensity percentiles ignoring extreme padding values (e.g. -2048 outside a CT field of view)."""
+    """Intensity percentiles of the voxels that are not padding (e.g. -2048 outside a CT field of view).
+
+    Without this, a CT whose padding covers more than `low_percentile` of the
+    grid would clamp at the padding value, and a head mask would take the
+    whole field-of-view cylinder for the head.
+    """
     values = sitk.GetArrayViewFromImage(image).ravel()
     step = max(1, values.size // 2_000_000)
-    return tuple(float(v) for v in np.percentile(values[::step], [low_percentile, high_percentile]))
+    sample = values[::step]
+    padding = padding_value(sample)
+    if padding is not None:
+        sample = sample[sample != padding]
+    return tuple(float(v) for v in np.percentile(sample, [low_percentile, high_percentile]))
+
+
+def padding_value(values: np.ndarray) -> Optional[float]:
+    """The constant filling the area outside a scanner's field of view, or None when there is none.
+
+    Padding is the minimum value when it fills at least PADDING_MIN_FRACTION
+    of the voxels and lies below every other value by more than
+    PADDING_GAP_FRACTION of the intensity range: a CT's -2048 or -3024 sits
+    far below air (-1000), whereas an MR's zero background runs continuously
+    into its noise and is real signal, not padding.
+    """
+    lowest = values.min()
+    is_lowest = values == lowest
+    if is_lowest.mean() < PADDING_MIN_FRACTION or is_lowest.all():
+        return None
+    rest = values[~is_lowest]
+    span = float(np.percentile(rest, 99.5)) - float(lowest)
+    gap = float(rest.min()) - float(lowest)
+    return float(lowest) if span > 0 and gap > PADDING_GAP_FRACTION * span else None
 
 
 def head_mask(image: sitk.Image) -> sitk.Image:
