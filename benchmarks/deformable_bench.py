@@ -73,7 +73,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "OneClickRegistration"))
 sys.path.insert(0, str(ROOT))
-from OneClickRegistrationLib import evaluation  # noqa: E402  (needs the path above)
+from OneClickRegistrationLib import evaluation, imageio  # noqa: E402  (needs the path above)
 
 SHARED_DATA = Path(os.environ.get("ONECLICK_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -152,12 +152,6 @@ def read_float(relative: str, shrink: int = 1) -> sitk.Image:
     return sitk.BinShrink(image, [shrink] * 3) if shrink > 1 else image
 
 
-def shrink_to_spacing(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Block-average each axis whose voxels are finer than spacing_mm to about spacing_mm."""
-    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
-    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
-
-
 @functools.lru_cache(maxsize=None)
 def aligned_pair(fixed_path: str, moving_path: str, fixed_modality: str,
                  moving_modality: str) -> tuple[sitk.Image, sitk.Image]:
@@ -168,13 +162,12 @@ def aligned_pair(fixed_path: str, moving_path: str, fixed_modality: str,
     result (linear interpolation, its own minimum, e.g. a CT's padding,
     outside its field of view) onto its own field of view placed in the fixed
     frame: the moving grid's extent at ALIGNED_SPACING_MM, carried into the
-    fixed frame by the affine's inverse and its rotation part.  (A grid over
-    the fixed image's whole extent would be half padding, which the automatic
-    CT head mask then takes for the object.)  Its known alignment is identity
-    relative to that linear result.
+    fixed frame by the affine's inverse and its rotation part (a grid over the
+    fixed image's whole extent would be mostly padding).  Its known alignment
+    is identity relative to that linear result.
     """
     from OneClickRegistrationLib import register
-    fixed = shrink_to_spacing(read_float(fixed_path), ALIGNED_SPACING_MM)
+    fixed = imageio.shrink_to_spacing(read_float(fixed_path), ALIGNED_SPACING_MM)
     moving = read_float(moving_path)
     result = register(fixed, moving, fixed_modality=fixed_modality, moving_modality=moving_modality,
                       stages=("rigid", "affine"))

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from . import imageio
 from .errors import InvalidInputError
 
 _log = logging.getLogger(__name__)
@@ -192,14 +193,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _without_padding(values: np.ndarray) -> np.ndarray:
-    """Drop a constant fill value below everything else (CT's -2048 outside the FOV)."""
-    lowest = values.min()
-    at_lowest = values == lowest
-    if at_lowest.mean() > 0.01 and not at_lowest.all():
-        rest = values[~at_lowest]
-        if rest.min() - lowest > 0.2 * (np.percentile(rest, 99) - rest.min()):
-            return rest
-    return values
+    """The values without a field-of-view fill (CT's -2048 outside the FOV), see imageio.padding_value."""
+    padding = imageio.padding_value(values)
+    return values if padding is None else values[values != padding]
 
 
 def _ct_evidence(values: np.ndarray) -> Tuple[float, str]:
