@@ -33,6 +33,13 @@ METRICS = ("mattes_mi", "correlation")
 # Mattes MI samples at most this many voxels per level: enough for a stable
 # gradient, few enough to keep a 1 mm head fast.
 MAX_METRIC_SAMPLES = 60_000
+# The rigid stage's finest level decides its precision: there it samples up to
+# this many voxels (the preset's fraction of a 2 mm head) and interpolates the
+# moving image with cubic B-splines.  Linear interpolation smooths the moving
+# image by an amount that depends on the sub-voxel position, which pulls mutual
+# information toward poses on the voxel grid, and 60 000 samples leave a few
+# hundredths of a millimetre of sampling noise.  Costs about 1 s.
+PRECISE_METRIC_SAMPLES = 240_000
 SEARCH_SPACING_MM = 6.0
 SHAPE_BLUR_MM = 4.0
 SHAPE_FIT_ITERATIONS = 100
@@ -154,7 +161,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: LinearSettin
     report(0.05, "searching rotations")
     best = _search_rotations(fixed_metric, moving_metric, fixed_head, moving_head, start, settings, report)
     fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, best, settings, settings.rigid_iterations,
-                  _level_progress(report, 0.5, 0.5))
+                  _level_progress(report, 0.5, 0.5), precise_finest=True)
     return _as_euler(fitted)
 
 
@@ -266,15 +273,21 @@ def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
     return np.linalg.inv(direction * np.asarray(image.GetSpacing()))
 
 
-def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progress):
-    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count."""
+def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progress, precise_finest=False):
+    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
+
+    precise_finest: fit the full-resolution level with PRECISE_METRIC_SAMPLES
+    and B-spline interpolation (the rigid stage; see PRECISE_METRIC_SAMPLES).
+    """
     transform = initial
     levels = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations))
     for index, (shrink, sigma, count) in enumerate(levels):
         level_progress(index, len(levels))
         if count == 0:
             continue
-        _, transform = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma).fit(settings, count, transform)
+        precise = precise_finest and shrink == 1
+        level = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma, precise=precise)
+        _, transform = level.fit(settings, count, transform)
     return transform
 
 
@@ -285,8 +298,10 @@ class _PyramidLevel:
     rotation candidates) share one smoothing of the full images.
     """
 
-    def __init__(self, fixed, moving, fixed_mask, shrink: int, sigma_mm: float):
+    def __init__(self, fixed, moving, fixed_mask, shrink: int, sigma_mm: float, precise: bool = False):
         self.shrink = shrink
+        self.max_samples = PRECISE_METRIC_SAMPLES if precise else MAX_METRIC_SAMPLES
+        self.interpolator = sitk.sitkBSpline if precise else sitk.sitkLinear
         self.mask = fixed_mask
         self.voxels = (int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None
                        else int(np.prod(fixed.GetSize())))
@@ -339,11 +354,11 @@ class _PyramidLevel:
         method.SetMetricUseMovingImageGradientFilter(False)
         method.SetMetricSamplingStrategy(method.REGULAR)
         method.SetMetricSamplingPercentage(
-            min(settings.sampling_fraction, MAX_METRIC_SAMPLES * self.shrink ** 3 / max(self.voxels, 1)),
+            min(settings.sampling_fraction, self.max_samples * self.shrink ** 3 / max(self.voxels, 1)),
             SAMPLING_SEED)
         if self.mask is not None:
             method.SetMetricFixedMask(self.mask)
-        method.SetInterpolator(sitk.sitkLinear)
+        method.SetInterpolator(self.interpolator)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=max(0.25, 0.5 * self.shrink), minStep=1e-3, numberOfIterations=int(iterations),
             relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
