@@ -48,7 +48,7 @@ pair (mean over the head of |full - affine-only| of the fair reference): the
 pair's own disagreement as the stage sees it.  It is part of the nominal
 truth's error, so where it approaches 1 mm no method can show a nominal error
 below 1 mm on that pair, and the fair columns are the measure of recovery.
-Also reported: min Jacobian determinant of the final mapping over the fixed
+Then: min Jacobian determinant of the final mapping over the fixed
 grid (finite differences of its displacement field), inverse consistency
 |inverse(forward(x)) - x| inside the head, the deformable stage's seconds in a
 process whose kernels were compiled beforehand, that process's peak memory
@@ -425,7 +425,8 @@ def print_table(rows: list, compile_s: float) -> None:
         cells = [f"{row[ref][col]['mean']:.2f}/{row[ref][col]['p95']:.2f}"
                  for ref in ("nominal", "fair") for col in ("affine_only", "with_deformable")]
         print(f"{row['case']:38s} {cells[0]:>14s} {cells[1]:>15s} {cells[2]:>12s} {cells[3]:>12s} "
-              f"{row['undeformed_pair_stage_mm']:5.2f} {row['min_jacobian']:6.3f} {row['inverse_consistency_mm']['max']:7.3f} "
+              f"{row['undeformed_pair_stage_mm']:5.2f} {row['min_jacobian']:6.3f} "
+              f"{row['inverse_consistency_mm']['max']:7.3f} "
               f"{row['seconds']:5.1f} {row['peak_mb']:7.0f} {'yes' if row['deformable_accepted'] else 'no'}")
     print(f"cold-cache kernel compile time (excluded above): {compile_s:.1f} s")
 
