@@ -1,11 +1,15 @@
 """Making sure the Python packages the library needs are installed.
 
 3D Slicer ships numpy, scipy and SimpleITK but not numba.  Inside Slicer the
-user is asked once, in one dialog, before anything is installed
-(`slicer.packaging.pip_ensure` where Slicer has it, a confirmation and
-`slicer.util.pip_install` otherwise); nothing is ever installed at import
-time.  Outside Slicer nothing is installed: a missing package is reported
-with the pip command that installs it.
+user is asked once, in one dialog, before anything is installed; nothing is
+ever installed at import time, and nothing at all in testing mode (Slicer's own
+`pip_ensure` skips installs under --testing too: a self-test then skips).
+The install is constrained to the numpy, scipy and SimpleITK that Slicer
+bundles, so a new numba can never replace them.  Where Slicer has a packaging
+API with `pip_ensure` (`slicer.pydeps` in 5.11, `slicer.packaging` in later
+notes) it is used; otherwise a confirmation dialog and `slicer.util.pip_install`.
+Outside Slicer nothing is installed: a missing package is reported with the pip
+command that installs it.
 
 This module imports only the standard library, so it can run before the
 packages it checks are there.
@@ -13,15 +17,21 @@ packages it checks are there.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import re
+import shlex
+import tempfile
 from pathlib import Path
 from typing import List
 
 logger = logging.getLogger(__name__)
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+# Packages Slicer bundles that an install must keep at their installed version.
+BUNDLED_PACKAGES = ("numpy", "scipy", "SimpleITK")
 
 
 class MissingDependencyError(RuntimeError):
@@ -39,15 +49,45 @@ def requirement_name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
 
 
+def _importable(name: str) -> bool:
+    """True when the top-level module can be found (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: blocked in sys.modules
+        return False
+
+
 def missing_requirements(requirements: List[str]) -> List[str]:
-    """The requirements whose distribution is not installed."""
+    """The requirements whose distribution is not installed or whose module cannot be imported."""
     missing = []
     for requirement in requirements:
+        name = requirement_name(requirement)
         try:
-            importlib.metadata.distribution(requirement_name(requirement))
+            importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
             missing.append(requirement)
+            continue
+        if not _importable(name):
+            missing.append(requirement)
     return missing
+
+
+def bundled_constraints() -> List[str]:
+    """'name==version' of each bundled package that is installed, to pin it during an install."""
+    pins = []
+    for name in BUNDLED_PACKAGES:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def write_constraints_file(folder: str) -> Path:
+    """A pip constraints file that keeps the bundled packages as they are."""
+    path = Path(folder) / "oneclickregistration-constraints.txt"
+    path.write_text("\n".join(bundled_constraints()) + "\n", encoding="utf-8")
+    return path
 
 
 class NonSlicerPythonDependencies:
@@ -61,19 +101,27 @@ class NonSlicerPythonDependencies:
 
 
 class SlicerPythonDependencies:
-    """Inside 3D Slicer: ask the user once, then install what is missing."""
+    """Inside 3D Slicer: ask the user once, then install what is missing, bundled packages pinned."""
 
     def ensure(self, requirements_path: Path = REQUIREMENTS_FILE, requester: str = "OneClickRegistration") -> None:
         import slicer
 
         requirements = read_requirements(requirements_path)
-        if not missing_requirements(requirements):
+        missing = missing_requirements(requirements)
+        if not missing:
             return
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(packaging.load_requirements(str(requirements_path)), requester=requester)
-        else:
-            self._confirm_and_install(missing_requirements(requirements), requester)
+        if slicer.app.testingEnabled():
+            raise MissingDependencyError(
+                f"{', '.join(missing)} is not installed, and nothing is installed in testing mode; "
+                f"install it first with slicer.util.pip_install({' '.join(missing)!r})")
+        with tempfile.TemporaryDirectory() as folder:
+            constraints = write_constraints_file(folder)
+            api = _packaging_api()
+            if api is not None:
+                self._pip_ensure(api, requirements_path, constraints, requester)
+            else:
+                self._confirm_and_install(missing, constraints, requester)
+        importlib.invalidate_caches()
         still_missing = missing_requirements(requirements)
         if still_missing:
             raise MissingDependencyError(
@@ -81,18 +129,45 @@ class SlicerPythonDependencies:
                 "install it from the Python console with slicer.util.pip_install(...)")
 
     @staticmethod
-    def _confirm_and_install(missing: List[str], requester: str) -> None:
+    def _pip_ensure(api, requirements_path: Path, constraints: Path, requester: str) -> None:
+        """Slicer's own consent-and-install (newer Slicer releases)."""
+        try:
+            api.pip_ensure(api.load_requirements(str(requirements_path)), constraints=str(constraints),
+                           requester=requester)
+        except RuntimeError as error:  # the user declined
+            raise MissingDependencyError(f"{requester} cannot run without numba: {error}") from None
+
+    @staticmethod
+    def _confirm_and_install(missing: List[str], constraints: Path, requester: str) -> None:
+        """Slicer 5.6 to 5.10: one confirmation dialog, then pip with the bundled packages pinned."""
         import slicer
 
-        testing = slicer.app.commandOptions().testingEnabled
         question = (f"{requester} needs these Python packages, which are not installed yet:\n"
-                    f"{', '.join(missing)}\n\nDownload and install them now (one time, about a minute)?")
-        if not testing and not slicer.util.confirmOkCancelDisplay(question, windowTitle=requester):
+                    f"{', '.join(missing)}\n\nDownload and install them now (one time, about a minute)? "
+                    "Slicer's own numpy, scipy and SimpleITK are kept as they are.")
+        if not slicer.util.confirmOkCancelDisplay(question, windowTitle=requester):
             raise MissingDependencyError(
                 f"{requester} cannot run without {', '.join(missing)}: installation was declined")
-        for requirement in missing:
-            logger.info("installing %s", requirement)
-            slicer.util.pip_install(requirement)
+        arguments = " ".join(shlex.quote(requirement) for requirement in missing)
+        logger.info("installing %s", ", ".join(missing))
+        try:
+            slicer.util.pip_install(f"{arguments} --constraint {shlex.quote(str(constraints))}")
+        except Exception as error:  # noqa: BLE001  (CalledProcessError, or no PythonSlicer)
+            raise MissingDependencyError(
+                f"{requester} could not install {', '.join(missing)} ({error}); "
+                "check the network connection and try again") from None
+
+
+def _packaging_api():
+    """Slicer's packaging module with pip_ensure, if this Slicer has one (it is not imported by `import slicer`)."""
+    for name in ("slicer.pydeps", "slicer.packaging"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements"):
+            return module
+    return None
 
 
 def dependency_handler():
