@@ -9,6 +9,9 @@ import SimpleITK as sitk
 from conftest import SAMPLE_DATA
 from OneClickRegistrationLib import InvalidInputError, RegistrationCancelled, cli, imageio, register
 
+# On every Slicer release's Python stack too (`make test`, pytest -m stack).
+pytestmark = pytest.mark.stack
+
 
 def _volume(size=(24, 24, 24), spacing=(2.0, 2.0, 2.0), dtype=np.float32, seed=0):
     values = np.random.default_rng(seed).normal(100, 20, size[::-1]).astype(dtype)

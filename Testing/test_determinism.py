@@ -10,6 +10,7 @@ agree to a thousandth of a millimetre, far below any registration error.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import SAMPLE_DATA
@@ -39,6 +40,7 @@ def test_a_repeated_run_gives_the_identical_mapping_at_every_stage():
         assert difference.max() < 1e-3, f"{one.name}: {difference.max():.2e} mm apart"
 
 
+@pytest.mark.stack
 def test_one_thread_or_two_land_on_the_same_linear_mapping():
     fixed, moving, points = _moved_pair()
     default_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()

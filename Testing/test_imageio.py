@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import shared_file
 from OneClickRegistrationLib import imageio
+
+# On every Slicer release's Python stack too (`make test`, pytest -m stack).
+pytestmark = pytest.mark.stack
 
 HEAD_CT = "invesalius_ct0051/ct0051_head_CT.nii.gz"
 STROKE_T1 = "cstar_stroke_t1_t2_flair/T1.nii.gz"

@@ -13,6 +13,9 @@ from conftest import SAMPLE_DATA, shared_file
 from OneClickRegistrationLib import InvalidInputError, cli, evaluation, imageio, presets
 from OneClickRegistrationLib.modality import MODALITIES
 
+# On every Slicer release's Python stack too (`make test`, pytest -m stack).
+pytestmark = pytest.mark.stack
+
 
 def _table_document():
     return json.loads(presets.BUNDLED_TABLE.read_text())

@@ -29,7 +29,7 @@ MR_PAIRS = [
     (STROKE + "T1.nii.gz", STROKE + "T2.nii.gz"),
     (STROKE + "T1.nii.gz", STROKE + "FLAIR.nii.gz"),
     (STROKE + "FLAIR.nii.gz", STROKE + "T2.nii.gz"),
-    (MNI + "spm_avg152T1.nii.gz", MNI + "spm_avg152T2.nii.gz"),
+    pytest.param(MNI + "spm_avg152T1.nii.gz", MNI + "spm_avg152T2.nii.gz", marks=pytest.mark.stack),
     (MNI + "spm_avg152PD.nii.gz", MNI + "spm_avg152T1.nii.gz"),
     (MNI + "spm_avg152T2.nii.gz", MNI + "spm_avg152PD.nii.gz"),
 ]
@@ -101,6 +101,7 @@ def test_ct_template_intrinsic_offset_is_small(fixed_name, moving_name, intrinsi
     assert offset.mean() < INTRINSIC_CT_OFFSET_LIMIT_MM
 
 
+@pytest.mark.stack
 def test_linear_stages_never_mirror():
     """Left and right are never swapped: every stage's matrix keeps a positive determinant."""
     fixed = _load(MNI + "spm_avg152T1.nii.gz")

@@ -21,13 +21,13 @@ STROKE = "cstar_stroke_t1_t2_flair/"
 MNI = "mni_templates_ct_t1_t2_pd/"
 ALIGNED_PAIRS = [
     (STROKE + "T1.nii.gz", STROKE + "T1.nii.gz", False),
-    (STROKE + "T1.nii.gz", STROKE + "T2.nii.gz", True),
+    pytest.param(STROKE + "T1.nii.gz", STROKE + "T2.nii.gz", True, marks=pytest.mark.stack),
     (STROKE + "T1.nii.gz", STROKE + "FLAIR.nii.gz", True),
     (STROKE + "T2.nii.gz", STROKE + "FLAIR.nii.gz", True),
     (MNI + "spm_avg152T1.nii.gz", MNI + "spm_avg152T2.nii.gz", True),
     (MNI + "spm_avg152T1.nii.gz", MNI + "spm_avg152PD.nii.gz", True),
     (MNI + "spm_avg152T2.nii.gz", MNI + "spm_avg152PD.nii.gz", False),
-    (MNI + "spm_avg152T1.nii.gz", MNI + "clinical_scct.nii.gz", True),
+    pytest.param(MNI + "spm_avg152T1.nii.gz", MNI + "clinical_scct.nii.gz", True, marks=pytest.mark.stack),
     (MNI + "clinical_scct.nii.gz", MNI + "spm_avg152T2.nii.gz", True),
 ]
 CT_TEMPLATE = MNI + "clinical_scct.nii.gz"
@@ -74,6 +74,7 @@ def _blob(size=32, dtype=sitk.sitkFloat32, scale=1.0, offset=0.0):
     return sitk.Cast(image, dtype)
 
 
+@pytest.mark.stack
 def test_identical_images_score_one_in_both_measures():
     image = _blob()
     detail = _scorer(image, image, cross_modality=True).evaluate(sitk.Euler3DTransform())
@@ -81,6 +82,7 @@ def test_identical_images_score_one_in_both_measures():
     assert detail.structure_ncc == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.stack
 def test_16_bit_data_does_not_overflow():
     """Values near the int16/uint16 limits give the same score as in float."""
     big_uint16 = _blob(dtype=sitk.sitkUInt16, scale=60000.0, offset=100.0)
@@ -99,6 +101,7 @@ def test_16_bit_data_does_not_overflow():
     assert score.masked_ncc(a, b, mask) == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.stack
 def test_constant_image_scores_zero_not_nan():
     constant = np.ones((10, 10, 10), np.int16)
     varying = np.arange(1000, dtype=np.int16).reshape(10, 10, 10)
@@ -106,6 +109,7 @@ def test_constant_image_scores_zero_not_nan():
     assert value == 0.0
 
 
+@pytest.mark.stack
 def test_no_overlap_scores_minus_one():
     image = _blob()
     far_away = evaluation.rigid_transform((0, 0, 0), (500.0, 0, 0), (0, 0, 0))
@@ -113,6 +117,7 @@ def test_no_overlap_scores_minus_one():
     assert detail.value == -1.0 and detail.overlap_voxels == 0
 
 
+@pytest.mark.stack
 def test_padding_outside_the_moving_domain_is_not_scored():
     """Half the fixed grid maps outside the moving image: only the sampled half counts."""
     image = _blob()
