@@ -107,6 +107,7 @@ def test_ct_rigid_only_case_is_not_worse_and_does_not_fold():
     assert bench.round_trip_error_mm(final, result.inverse_transform, case.head).max() < 0.1
 
 
+@pytest.mark.stack
 def test_same_image_under_a_rigid_gives_no_deformation():
     fixed = bench.read_float(f"{STROKE}/T1.nii.gz", 2) if (bench.SHARED_DATA / STROKE).is_dir() \
         else pytest.skip("needs the stroke pair")

@@ -11,6 +11,12 @@ Every transform follows the ITK convention: it maps a point of the fixed
 image's physical space (LPS, millimetres) to the corresponding point of the
 moving image's physical space.  See `pipeline.RegistrationResult`.
 
+Importing the package imports nothing heavy: the names below are loaded on
+first use (PEP 562), so `OneClickRegistrationLib.errors` and `.dependencies`
+work before numpy, SimpleITK or numba are there (3D Slicer checks for numba,
+and asks before installing it, after importing them).  numba itself is
+imported only by the first registration that needs a kernel.
+
 Modules, one concern each:
     imageio     reading, validating and describing images (geometry, masks)
     modality    recognising T1 / T2 / FLAIR / CT
@@ -19,16 +25,33 @@ Modules, one concern each:
     deformable  the diffeomorphic deformable stage
     score       the overlap-masked quality score
     pipeline    the stage cascade that ties them together
+    background  the same registration in a worker process (keeps a GUI responsive)
     cli         the `oneclick-register` command line
 """
 
-from .errors import InvalidInputError, RegistrationCancelled
-from .pipeline import RegistrationResult, StageResult, register
+import importlib
 
-__all__ = [
-    "InvalidInputError",
-    "RegistrationCancelled",
-    "RegistrationResult",
-    "StageResult",
-    "register",
-]
+# Public name -> the submodule that defines it.
+_PUBLIC = {
+    "InvalidInputError": "errors",
+    "RegistrationCancelled": "errors",
+    "RegistrationResult": "pipeline",
+    "StageResult": "pipeline",
+    "register": "pipeline",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    """Load a public name from its submodule on first access (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    """The public names too, before they are loaded (tab completion in the Slicer console)."""
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -214,13 +214,16 @@ def register_deformable(
     # MIND of a coarsened T1 and T2 disagree (their tissue contrasts mix differently),
     # which made the coarse levels invent millimetres of deformation on rigid-only pairs.
     scale = settings.grid_spacings_mm[-1] / finest.spacing
+    report(0.0, "describing the local structure of the fixed image")
     fixed_fine = _features(fixed_work, settings.metric, scale)
+    report(0.0, "describing the local structure of the moving image")
     moving_fine = _features(moving_work, settings.metric, scale)
     velocity = None
     total_iterations = sum(budgets)
     done = 0
     iterations_run = []
     for level, (grid, iterations) in enumerate(zip(grids, budgets)):
+        report(0.95 * done / total_iterations, f"level {level + 1}/{len(grids)} ({grid.spacing:g} mm), preparing")
         ratio = grid.spacing / finest.spacing
         mask_level = _downsample_mask(mask_work, grid, ratio)
         fixed_features = _downsample_channels(fixed_fine, grid, ratio)
@@ -239,15 +242,19 @@ def register_deformable(
     report(0.95, "inverting the field")
     forward = _exponential(velocity)
     inverse = _inverted(forward, _exponential(-velocity))
+    report(0.97, "checking that the deformation folds nothing")
     min_jacobian = _min_jacobian_on_fixed_grid(forward, finest, fixed)
     max_displacement = float(np.sqrt((forward ** 2).sum(axis=0)).max() * finest.spacing)
+    report(0.98, "building the transforms")
+    forward_transform = _displacement_transform(forward, finest)
+    inverse_transform = _displacement_transform(inverse, finest)
     seconds = time.perf_counter() - start
     logger.info("deformable stage: max displacement %.2f mm, min Jacobian %.3f, %.1f s",
                 max_displacement, min_jacobian, seconds)
     report(1.0, "done")
     return DeformableOutcome(
-        forward=_displacement_transform(forward, finest),
-        inverse=_displacement_transform(inverse, finest),
+        forward=forward_transform,
+        inverse=inverse_transform,
         min_jacobian=min_jacobian,
         seconds=seconds,
         max_displacement_mm=max_displacement,

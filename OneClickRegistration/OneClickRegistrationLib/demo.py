@@ -1,6 +1,6 @@
 """`make demo`: register the bundled sample pair and check the answer.
 
-The bundled T1 and T2 (MIT-licensed, see Resources/SampleData) are already
+The bundled T1 and T2 (MIT-licensed, see the module's Resources/SampleData) are already
 aligned.  The demo tilts and shifts the T2 by a known rigid motion written
 into its header (no resampling), registers it back with the command line,
 and prints how far the recovered transform is from the truth, in mm.
@@ -18,7 +18,6 @@ import SimpleITK as sitk
 
 from . import cli, evaluation, imageio
 
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 DEMO_ROTATION_DEG = (12.0, -8.0, 25.0)
 DEMO_TRANSLATION_MM = (14.0, -9.0, 11.0)
 
@@ -30,12 +29,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.output.mkdir(parents=True, exist_ok=True)
-    fixed_path = SAMPLE_DATA / "T1.nii.gz"
+    fixed_path = imageio.SAMPLE_DATA / "T1.nii.gz"
     fixed = sitk.ReadImage(str(fixed_path))
     head = imageio.head_mask(imageio.as_float32(fixed))
     truth = evaluation.rigid_transform(DEMO_ROTATION_DEG, DEMO_TRANSLATION_MM, imageio.mask_center(head))
     moving_path = args.output / "T2_misaligned.nii.gz"
-    sitk.WriteImage(evaluation.move_header(sitk.ReadImage(str(SAMPLE_DATA / "T2.nii.gz")), truth), str(moving_path))
+    sitk.WriteImage(evaluation.move_header(sitk.ReadImage(str(imageio.SAMPLE_DATA / "T2.nii.gz")), truth), str(moving_path))
     print(f"demo: T2 moved by a known rotation {DEMO_ROTATION_DEG} deg and shift {DEMO_TRANSLATION_MM} mm "
           f"-> {moving_path}")
     transform_path = args.output / "T2_to_T1.h5"

@@ -10,6 +10,12 @@ Built on SimpleITK's registration framework, with the pieces kept apart:
 - the rigid and affine optimisations: multi-resolution, parameters scaled
   from physical shifts, deterministic regular sampling.
 
+Progress is reported during every optimisation, not only between them, so a
+caller hears from the stage at least every second or so and a cancel request
+(RegistrationCancelled raised by the progress callback) stops it within one
+optimizer iteration.  The numba kernel of the rotation search is imported on
+first use only, so this module imports where numba is not installed yet.
+
 Transforms follow the ITK convention: fixed physical point -> moving point.
 """
 
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -25,7 +33,6 @@ import SimpleITK as sitk
 
 from . import imageio
 from .errors import InvalidInputError
-from .linear_kernels import pose_correlations
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,9 @@ SHAPE_FIT_ITERATIONS = 100
 REFINED_CANDIDATES = 4
 COARSE_REFINE_ITERATIONS = 60
 SAMPLING_SEED = 20240607
+# During an optimisation, at most one progress message per this many seconds:
+# optimizers iterate many times a second, and each message may repaint a GUI.
+REPORT_INTERVAL_S = 0.2
 ProgressCallback = Optional[Callable[[float, str], None]]
 
 
@@ -155,14 +165,14 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: LinearSettin
     of the whole image (or of the user's mask), whose optimum is the most
     precise because the edges of the head count too.
     """
-    report = progress or (lambda fraction, message: None)
+    report = _Progress(progress)
+    report.milestone(0.0, "preparing the images")
     fixed_metric = metric_image(fixed, fixed_head)
     moving_metric = metric_image(moving, moving_head)
     start = initial_rigid(fixed_head, moving_head)
-    report(0.05, "searching rotations")
     best = _search_rotations(fixed_metric, moving_metric, fixed_head, moving_head, start, settings, report)
     fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, best, settings, settings.rigid_iterations,
-                  _level_progress(report, 0.5, 0.5), precise_finest=True)
+                  report, 0.5, 0.5, precise_finest=True)
     return _as_euler(fitted)
 
 
@@ -170,10 +180,11 @@ def register_affine(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transfo
                     settings: LinearSettings, *, fixed_head: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
                     progress: ProgressCallback = None) -> sitk.AffineTransform:
     """Affine fixed->moving transform starting from `initial` (the rigid result)."""
-    report = progress or (lambda fraction, message: None)
+    report = _Progress(progress)
+    report.milestone(0.0, "preparing the images")
     center = imageio.mask_center(fixed_head)
     fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, _as_affine(initial, center), settings,
-                  settings.affine_iterations, _level_progress(report, 0.0, 1.0))
+                  settings.affine_iterations, report, 0.0, 1.0)
     affine = _as_affine(fitted, center)
     if np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) <= 0:
         raise InvalidInputError("the affine fit collapsed or mirrored the image; keep the rigid result")
@@ -196,16 +207,25 @@ def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, r
     looks alike in every modality: it ranks the grid; the top candidates are
     then fitted on shape and on intensities, and the best intensity match wins.
     """
+    report.milestone(0.05, "searching rotations: outlining the heads")
     shape = _ShapeComparison(fixed_mask, moving_mask)
     rotations = candidate_rotations(settings.rotation_search_deg, settings.rotation_step_deg)
+    report.milestone(0.07, f"searching rotations: comparing {len(rotations)} head orientations")
     scores = shape.correlations([_rotated(start, angles) for angles in rotations])
     order = np.argsort(-scores, kind="stable")[:REFINED_CANDIDATES]
-    coarse = _PyramidLevel(fixed, moving, fixed_mask, max(settings.shrink_factors), max(settings.smoothing_sigmas_mm))
+    shrink = max(settings.shrink_factors)
+    report.milestone(0.09, f"searching rotations: preparing the {_spacing_text(fixed, shrink)} images")
+    coarse = _PyramidLevel(fixed, moving, fixed_mask, shrink, max(settings.smoothing_sigmas_mm))
     refined = []
     for rank, index in enumerate(order):
-        report(0.1 + 0.4 * rank / len(order), f"refining rotation candidate {rank + 1} of {len(order)}")
-        candidate = shape.fit(_rotated(start, rotations[index]))
-        value, result = coarse.fit(settings, COARSE_REFINE_ITERATIONS, candidate)
+        task = f"searching rotations, candidate {rank + 1} of {len(order)}"
+        offset, width = 0.1 + 0.4 * rank / len(order), 0.4 / len(order)
+        candidate = shape.fit(_rotated(start, rotations[index]), lambda iteration: report.iteration(
+            offset + 0.5 * width * iteration / SHAPE_FIT_ITERATIONS,
+            f"{task}: matching head outlines, iteration {iteration}"))
+        value, result = coarse.fit(settings, COARSE_REFINE_ITERATIONS, candidate, lambda iteration: report.iteration(
+            offset + width * (0.5 + 0.5 * iteration / COARSE_REFINE_ITERATIONS),
+            f"{task}: matching at {_spacing_text(fixed, shrink)}, iteration {iteration}"))
         refined.append((value, rank, _as_euler(result)))
     best_value, _, best = min(refined, key=lambda item: (item[0], item[1]))
     logger.info("rotation search: %d rotations, best coarse metric %.4f", len(rotations), best_value)
@@ -244,11 +264,14 @@ class _ShapeComparison:
             offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
             matrices.append(self._to_moving_index @ matrix)
             offsets.append(self._to_moving_index @ (offset - self._moving_origin))
-        return pose_correlations(self._points, self._fixed_centered, self._moving_array,
-                                 np.asarray(matrices), np.asarray(offsets))
+        return _kernels().pose_correlations(self._points, self._fixed_centered, self._moving_array,
+                                            np.asarray(matrices), np.asarray(offsets))
 
-    def fit(self, transform: sitk.Euler3DTransform) -> sitk.Euler3DTransform:
-        """Rigid fit of the blurred masks from `transform` (widens the intensity metric's basin)."""
+    def fit(self, transform: sitk.Euler3DTransform, on_iteration: Callable[[int], None]) -> sitk.Euler3DTransform:
+        """Rigid fit of the blurred masks from `transform` (widens the intensity metric's basin).
+
+        on_iteration(iteration) is called after every optimizer iteration (counted from 1).
+        """
         method = sitk.ImageRegistrationMethod()
         method.SetMetricAsCorrelation()
         method.SetInterpolator(sitk.sitkLinear)
@@ -257,7 +280,7 @@ class _ShapeComparison:
             relaxationFactor=0.6)
         method.SetOptimizerScalesFromPhysicalShift()
         method.SetInitialTransform(sitk.Euler3DTransform(transform), inPlace=False)
-        return _as_euler(method.Execute(self.fixed, self.moving))
+        return _as_euler(_execute(method, self.fixed, self.moving, lambda: on_iteration(method.GetOptimizerIteration() + 1)))
 
 
 def _grid_points(image: sitk.Image) -> np.ndarray:
@@ -274,21 +297,23 @@ def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
     return np.linalg.inv(direction * np.asarray(image.GetSpacing()))
 
 
-def _fit(fixed, moving, fixed_mask, initial, settings, iterations, level_progress, precise_finest=False):
+def _fit(fixed, moving, fixed_mask, initial, settings, iterations, report, offset, width, precise_finest=False):
     """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
 
+    report: the stage's _Progress; the fit covers [offset, offset + width] of the stage.
     precise_finest: fit the full-resolution level with PRECISE_METRIC_SAMPLES
     and B-spline interpolation (the rigid stage; see PRECISE_METRIC_SAMPLES).
     """
     transform = initial
-    levels = list(zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations))
+    levels = [level for level in zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations) if level[2]]
     for index, (shrink, sigma, count) in enumerate(levels):
-        level_progress(index, len(levels))
-        if count == 0:
-            continue
         precise = precise_finest and shrink == 1
+        task = f"refining at {_spacing_text(fixed, shrink)}"
+        start = offset + width * index / len(levels)
+        report.milestone(start, f"{task}: preparing the images" + (" for cubic interpolation" if precise else ""))
         level = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma, precise=precise)
-        _, transform = level.fit(settings, count, transform)
+        _, transform = level.fit(settings, count, transform, lambda iteration: report.iteration(
+            start + width * iteration / (count * len(levels)), f"{task}, iteration {iteration}"))
     return transform
 
 
@@ -313,32 +338,33 @@ class _PyramidLevel:
     def _reduced(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
         """Smoothed by sigma_mm, then subsampled to about `shrink` times the finest spacing."""
         smoothed = sitk.SmoothingRecursiveGaussian(image, sigma_mm) if sigma_mm > 0 else image
-        finest = min(image.GetSpacing())
-        factors = [max(1, int(round(shrink * finest / spacing))) for spacing in image.GetSpacing()]
+        factors = _shrink_factors(image, shrink)
         return sitk.Shrink(smoothed, factors) if max(factors) > 1 else smoothed
 
-    def fit(self, settings: LinearSettings, iterations: int, initial: sitk.Transform):
+    def fit(self, settings: LinearSettings, iterations: int, initial: sitk.Transform,
+            on_iteration: Callable[[int], None]):
         """Optimise from `initial`; return (metric value, transform) of the best pose the optimizer visited.
 
         The step-size optimizer is not monotonic: from a start already near a
         sharp optimum its first large steps can leave the basin, and it stops
         wherever its step became small.  Keeping the best pose it evaluated
         (the start included) costs nothing: each iteration reports the metric
-        of the pose it stepped from.
+        of the pose it stepped from.  on_iteration(iteration) is called after every
+        iteration (counted from 1).
         """
         method = self._method(settings, iterations)
         method.SetInitialTransform(initial, inPlace=False)
         best = [np.inf, tuple(initial.GetParameters())]
         stepped_from = [best[1]]
 
-        def remember_best():
+        def after_iteration():
             value = method.GetMetricValue()
             if value < best[0]:
                 best[:] = [value, stepped_from[0]]
             stepped_from[0] = tuple(method.GetOptimizerPosition())
+            on_iteration(method.GetOptimizerIteration() + 1)
 
-        method.AddCommand(sitk.sitkIterationEvent, remember_best)
-        method.Execute(self.fixed, self.moving)
+        _execute(method, self.fixed, self.moving, after_iteration)
         logger.debug("level shrink %d: best metric %.5f, %s", self.shrink, best[0],
                      method.GetOptimizerStopConditionDescription())
         result = type(initial)(initial)
@@ -367,11 +393,69 @@ class _PyramidLevel:
         return method
 
 
-def _level_progress(report, offset, width):
-    """Report the start of each pyramid level as a fraction of this stage."""
-    def level_progress(level, levels):
-        report(offset + width * level / levels, f"resolution level {level + 1} of {levels}")
-    return level_progress
+def _shrink_factors(image: sitk.Image, shrink: int) -> list:
+    """Per-axis subsampling that takes `image` to about `shrink` times its finest spacing."""
+    finest = min(image.GetSpacing())
+    return [max(1, int(round(shrink * finest / spacing))) for spacing in image.GetSpacing()]
+
+
+def _spacing_text(image: sitk.Image, shrink: int) -> str:
+    """The finest voxel size of a pyramid level, for progress messages ('2 mm', '0.88 mm')."""
+    factors = _shrink_factors(image, shrink)
+    return f"{min(s * f for s, f in zip(image.GetSpacing(), factors)):.2g} mm"
+
+
+def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
+             after_iteration: Callable[[], None]) -> sitk.Transform:
+    """method.Execute(fixed, moving) calling after_iteration() after every iteration.
+
+    An exception raised by after_iteration (RegistrationCancelled from a
+    progress callback) stops the optimisation after that iteration and is
+    re-raised here.  SimpleITK cannot carry it through Execute itself (2.2 to
+    2.5 turn it into a RuntimeError "error executing the Python Callable" and
+    print its traceback), so the command keeps it and asks the optimizer to stop.
+    """
+    raised = []
+
+    def command():
+        if raised:
+            return
+        try:
+            after_iteration()
+        except BaseException as error:  # noqa: B902 - KeyboardInterrupt too: re-raised after Execute
+            raised.append(error)
+            method.StopRegistration()
+
+    method.AddCommand(sitk.sitkIterationEvent, command)
+    result = method.Execute(fixed, moving)
+    if raised:
+        raise raised[0]
+    return result
+
+
+class _Progress:
+    """A stage's progress callback: milestones always, iteration messages at most every REPORT_INTERVAL_S."""
+
+    def __init__(self, progress: ProgressCallback):
+        self._progress = progress
+        self._last = -math.inf
+
+    def milestone(self, fraction: float, message: str) -> None:
+        """Report the start of a step (a few per stage)."""
+        self._last = time.monotonic()
+        if self._progress is not None:
+            self._progress(fraction, message)
+
+    def iteration(self, fraction: float, message: str) -> None:
+        """Report an optimizer iteration, unless a message went out less than REPORT_INTERVAL_S ago."""
+        if time.monotonic() - self._last >= REPORT_INTERVAL_S:
+            self.milestone(fraction, message)
+
+
+def _kernels():
+    """The numba kernel module, imported (compiled or loaded from the cache) on first use only."""
+    from . import linear_kernels
+    return linear_kernels
 
 
 def _innermost(transform: sitk.Transform) -> sitk.Transform:

@@ -33,7 +33,6 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 PLANES = ("axial", "coronal", "sagittal")
 
 # Layout of the picture, in pixels: a label column on the left, three square
@@ -347,10 +346,10 @@ def screenshot(path, moving_name: str = "T2", stages: Sequence[str] = ("rigid", 
     from .pipeline import register
     from .score import verdict
 
-    fixed = sitk.ReadImage(str(SAMPLE_DATA / "T1.nii.gz"))
+    fixed = sitk.ReadImage(str(imageio.SAMPLE_DATA / "T1.nii.gz"))
     head = imageio.head_mask(imageio.as_float32(fixed))
     truth = evaluation.rigid_transform(DEMO_ROTATION_DEG, DEMO_TRANSLATION_MM, imageio.mask_center(head))
-    moving = evaluation.move_header(sitk.ReadImage(str(SAMPLE_DATA / f"{moving_name}.nii.gz")), truth)
+    moving = evaluation.move_header(sitk.ReadImage(str(imageio.SAMPLE_DATA / f"{moving_name}.nii.gz")), truth)
     result = register(fixed, moving, stages=tuple(stages))
     error = float(np.median(evaluation.target_registration_error(result.transform, truth,
                                                                  evaluation.mask_points(head))))

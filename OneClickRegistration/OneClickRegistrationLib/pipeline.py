@@ -146,8 +146,10 @@ def register(
     cross_modality = fixed_guess.modality != moving_guess.modality
     logger.info("fixed %s, moving %s, preset %s", fixed_guess, moving_guess, chosen.name)
 
+    report(0.0, "outlining the heads")
     fixed_head = imageio.head_mask(fixed_f)
     moving_head = imageio.head_mask(moving_f)
+    report(0.0, "preparing the quality score")
     scorer = score.AlignmentScorer(
         fixed_f, moving_f, cross_modality=cross_modality,
         fixed_mask=fixed_mask, moving_mask=moving_mask,
@@ -164,6 +166,7 @@ def register(
 
     current = identity
     current_inverse = identity.GetInverse()
+    report(0.0, "scoring the initial alignment")
     current_score = scorer(current)
     initial_score = current_score
     results = []
@@ -178,6 +181,7 @@ def register(
         if outcome is None:
             continue
         transform, inverse, message = outcome
+        stage_progress(1.0, "scoring the result")
         new_score = scorer(transform)
         accepted = new_score >= current_score - score.TOLERANCE
         if not accepted:
