@@ -791,7 +791,7 @@ class OneClickRegistrationTest(ScriptedLoadableModuleTest):  # noqa: F405
             return t1, ct
         except Exception as error:  # noqa: BLE001  (no network, or no SampleData module)
             logging.info(f"SampleData unavailable ({error}); using the bundled sample")
-            folder = OneClickRegistrationLogic.resourcePath("SampleData")
+            folder = OneClickRegistrationLogic.resourcePath("OneClickRegistration/SampleData")
             t1 = slicer.util.loadVolume(os.path.join(folder, "T1.nii.gz"), {"name": "T1", "show": False})
             t2 = slicer.util.loadVolume(os.path.join(folder, "T2.nii.gz"), {"name": "T2", "show": False})
             return t1, t2

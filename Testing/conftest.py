@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "OneClickRegistration"))
 sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = Path(os.environ.get("ONECLICK_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SAMPLE_DATA = ROOT / "OneClickRegistration" / "Resources" / "SampleData"
+SAMPLE_DATA = ROOT / "OneClickRegistration" / "Resources" / "OneClickRegistration" / "SampleData"
 
 
 def shared_file(relative: str) -> Path:

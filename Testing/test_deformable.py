@@ -196,7 +196,7 @@ def test_settings_errors_name_the_key(values, key):
 
 
 def test_preset_table_rows_are_valid_settings():
-    table = json.loads((ROOT / "OneClickRegistration" / "Resources" / "Presets" / "presets.json").read_text())
+    table = json.loads((ROOT / "OneClickRegistration" / "Resources" / "OneClickRegistration" / "Presets" / "presets.json").read_text())
     for row in table["presets"]:
         settings = DeformableSettings.from_dict(row["deformable"])
         cross = row["modalities"][0] != row["modalities"][1]

@@ -265,7 +265,7 @@ def test_label_maps_and_vector_volumes_are_never_guessed_or_registered(scene, en
 def test_preset_table_field_waits_for_a_json_file_and_goes_back_to_the_bundled_table(widget, scene, env, tmp_path):
     """CTK emits currentPathChanged per keystroke: no dialog while typing; a valid table is used once complete."""
     scene.app.testing = False  # real dialogs: any unexpected one raises in the stand-in
-    bundled = json.loads((ROOT / "OneClickRegistration/Resources/Presets/presets.json").read_text())
+    bundled = json.loads((ROOT / "OneClickRegistration/Resources/OneClickRegistration/Presets/presets.json").read_text())
     bundled["presets"][0]["name"] = "My T1-T1"
     table = tmp_path / "my presets.json"
     table.write_text(json.dumps(bundled))
@@ -295,7 +295,7 @@ def test_preset_table_field_shows_one_error_for_a_bad_complete_table(widget, sce
 
 
 def test_preset_table_of_the_parameter_node_is_shown_again_after_reentering(widget, scene, tmp_path):
-    bundled = json.loads((ROOT / "OneClickRegistration/Resources/Presets/presets.json").read_text())
+    bundled = json.loads((ROOT / "OneClickRegistration/Resources/OneClickRegistration/Presets/presets.json").read_text())
     bundled["presets"][1]["name"] = "Site T1-T2"
     table = tmp_path / "site.json"
     table.write_text(json.dumps(bundled))
@@ -623,10 +623,12 @@ def test_cmake_lists_every_library_file_and_resource():
     assert library <= listed, f"add to OneClickRegistration/CMakeLists.txt: {sorted(library - listed)}"
     missing = sorted(name for name in listed if not (module_dir / name).is_file())
     assert not missing, f"listed in OneClickRegistration/CMakeLists.txt but absent: {missing}"
-    for resource in ("Resources/Presets/presets.json", "Resources/Presets/presets.schema.json",
+    for resource in ("Resources/OneClickRegistration/Presets/presets.json",
+                     "Resources/OneClickRegistration/Presets/presets.schema.json",
                      "Resources/UI/OneClickRegistration.ui", "Resources/Icons/OneClickRegistration.png",
-                     "Resources/requirements.txt", "Resources/SampleData/T1.nii.gz",
-                     "Resources/SampleData/T2.nii.gz"):
+                     "Resources/OneClickRegistration/requirements.txt",
+                     "Resources/OneClickRegistration/SampleData/T1.nii.gz",
+                     "Resources/OneClickRegistration/SampleData/T2.nii.gz"):
         assert resource in listed
 
 

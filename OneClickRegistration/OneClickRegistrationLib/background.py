@@ -492,9 +492,15 @@ def _watch_parent(stop_requested: threading.Event) -> None:
     """Thread: wait for the end of standard input (a cancel, or the parent died), then stop the job.
 
     The job stops at its next progress message; if the process is still
-    there ORPHAN_GRACE_S later, it exits regardless.
+    there ORPHAN_GRACE_S later, it exits regardless.  It reads the file
+    descriptor itself: a thread blocked in sys.stdin's buffered reader holds
+    its lock, and the interpreter's shutdown then waits for that lock and aborts.
     """
-    sys.stdin.buffer.read()
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass  # no usable standard input: as good as closed
     stop_requested.set()
     time.sleep(ORPHAN_GRACE_S)
     logger.warning("the parent process is gone and the registration did not stop; exiting")

@@ -1,6 +1,6 @@
 """`make demo`: register the bundled sample pair and check the answer.
 
-The bundled T1 and T2 (MIT-licensed, see the module's Resources/SampleData) are already
+The bundled T1 and T2 (MIT-licensed, see the module's Resources/OneClickRegistration/SampleData) are already
 aligned.  The demo tilts and shifts the T2 by a known rigid motion written
 into its header (no resampling), registers it back with the command line,
 and prints how far the recovered transform is from the truth, in mm.

@@ -29,7 +29,7 @@ from typing import List
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
+REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "OneClickRegistration" / "requirements.txt"
 # Packages Slicer bundles that an install must keep at their installed version.
 BUNDLED_PACKAGES = ("numpy", "scipy", "SimpleITK")
 

@@ -19,7 +19,7 @@ from .errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 # The bundled MIT-licensed sample scans (T1, T2, FLAIR of one head), installed with the module.
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "OneClickRegistration" / "SampleData"
 
 # Voxel sizes outside this range are not a head scan in millimetres (a header in
 # metres, or a corrupted file); refuse them instead of registering nonsense.

@@ -1,4 +1,8 @@
-"""Numba kernel of the rotation search: many candidate poses scored in one parallel pass."""
+"""Numba kernel of the rotation search: many candidate poses scored in one parallel pass.
+
+linear.py imports this module on first use only (its `_kernels()`), so the
+library imports where numba is not installed yet (a stock 3D Slicer).
+"""
 
 from __future__ import annotations
 

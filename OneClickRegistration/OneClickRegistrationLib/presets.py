@@ -1,6 +1,6 @@
 """The preset table: one row of registration settings per modality pair.
 
-The bundled table lives in the module's Resources/Presets/presets.json (its
+The bundled table lives in the module's Resources/OneClickRegistration/Presets/presets.json (its
 JSON schema beside it documents every key).  A user may pass a table of
 their own; it is validated on load and every error names the bad row.
 """
@@ -18,7 +18,7 @@ from .errors import InvalidInputError
 from .linear import LinearSettings
 from .modality import MODALITIES
 
-BUNDLED_TABLE = Path(__file__).resolve().parent.parent / "Resources" / "Presets" / "presets.json"
+BUNDLED_TABLE = Path(__file__).resolve().parent.parent / "Resources" / "OneClickRegistration" / "Presets" / "presets.json"
 ROW_KEYS = {"name", "modalities", "description", "linear", "deformable"}
 
 
