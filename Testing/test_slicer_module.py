@@ -337,12 +337,19 @@ def fake_python_slicer(tmp_path, monkeypatch):
     return record
 
 
-def test_register_without_numba_reaches_the_consent_prompt_and_declining_says_so(
-        widget, scene, env, t1_path, numba_missing, fake_python_slicer):
-    _slicer, _moduleFile, qt, ctk = env
+@pytest.fixture
+def panel_with_pair(widget, scene, t1_path):
+    """The panel with a T1 and a moved copy selected."""
     fixed, moving, _motion = pair_in_scene(scene, t1_path)
     widget.ui.fixedVolumeSelector.setCurrentNode(fixed)
     widget.ui.movingVolumeSelector.setCurrentNode(moving)
+    return widget
+
+
+def test_register_without_numba_reaches_the_consent_prompt_and_declining_says_so(
+        panel_with_pair, scene, env, numba_missing, fake_python_slicer):
+    _slicer, _moduleFile, qt, ctk = env
+    widget = panel_with_pair
     before = scene_state(scene)
     scene.app.testing = False
     ctk.ctkMessageBox.scriptedAnswers = [qt.QMessageBox.Cancel, qt.QMessageBox.Ok]
@@ -358,11 +365,9 @@ def test_register_without_numba_reaches_the_consent_prompt_and_declining_says_so
 
 
 def test_accepting_installs_numba_with_slicers_numpy_pinned(
-        widget, scene, env, t1_path, numba_missing, fake_python_slicer):
+        panel_with_pair, scene, env, numba_missing, fake_python_slicer):
     _slicer, _moduleFile, qt, ctk = env
-    fixed, moving, _motion = pair_in_scene(scene, t1_path)
-    widget.ui.fixedVolumeSelector.setCurrentNode(fixed)
-    widget.ui.movingVolumeSelector.setCurrentNode(moving)
+    widget = panel_with_pair
     scene.app.testing = False
     ctk.ctkMessageBox.scriptedAnswers = [qt.QMessageBox.Ok, qt.QMessageBox.Ok]
 

@@ -23,15 +23,7 @@ class ctkCollapsibleButton(qt.QAbstractButton):
         super().__init__(parent)
         self._collapsed = False
 
-    @property
-    def collapsed(self) -> bool:
-        return self._collapsed
-
-    @collapsed.setter
-    def collapsed(self, value: bool) -> None:
-        if bool(value) != self._collapsed:
-            self._collapsed = bool(value)
-            self.contentsCollapsed.emit(self._collapsed)
+    collapsed = qt.notifyingProperty("_collapsed", "contentsCollapsed", bool)
 
 
 class ctkPathLineEdit(QWidget):

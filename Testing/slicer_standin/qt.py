@@ -83,6 +83,20 @@ class Signal:
         return signals[self.name]
 
 
+def notifyingProperty(attribute: str, signalName: str, convert=lambda value: value):
+    """A Q_PROPERTY as PythonQt shows it: setting it to a new value emits its notify signal with that value."""
+    def getter(self):
+        return getattr(self, attribute)
+
+    def setter(self, value) -> None:
+        value = convert(value)
+        if value != getattr(self, attribute):
+            setattr(self, attribute, value)
+            getattr(self, signalName).emit(value)
+
+    return property(getter, setter)
+
+
 class QObject:
     """Object name (PythonQt also exposes it as `name`), parent/children, dynamic properties, signals."""
 
@@ -265,20 +279,7 @@ class QAbstractButton(QWidget):
         self.checkable = False
         self._checked = False
 
-    @property
-    def checked(self) -> bool:
-        return self._checked
-
-    @checked.setter
-    def checked(self, value: bool) -> None:
-        value = bool(value)
-        if value != self._checked:
-            self._checked = value
-            self.toggled.emit(value)
-            self._checkedChanged(value)
-
-    def _checkedChanged(self, value: bool) -> None:
-        """Extra notifications of subclasses."""
+    checked = notifyingProperty("_checked", "toggled", bool)
 
     def setChecked(self, checked: bool) -> None:
         self.checked = checked
@@ -312,9 +313,7 @@ class QCheckBox(QAbstractButton):
     def __init__(self, text_or_parent=None, parent=None) -> None:
         super().__init__(text_or_parent, parent)
         self.checkable = True
-
-    def _checkedChanged(self, value: bool) -> None:
-        self.stateChanged.emit(2 if value else 0)
+        self.toggled.connect(lambda checked: self.stateChanged.emit(2 if checked else 0))
 
 
 class QRadioButton(QCheckBox):
@@ -404,15 +403,7 @@ class QLineEdit(QWidget):
         super().__init__(parent)
         self._text = ""
 
-    @property
-    def text(self) -> str:
-        return self._text
-
-    @text.setter
-    def text(self, value: str) -> None:
-        if value != self._text:
-            self._text = value
-            self.textChanged.emit(value)
+    text = notifyingProperty("_text", "textChanged", str)
 
     def setText(self, value: str) -> None:
         self.text = value
@@ -429,16 +420,7 @@ class QProgressBar(QWidget):
         self.textVisible = True
         self.format = "%p%"
 
-    @property
-    def value(self) -> int:
-        return self._value
-
-    @value.setter
-    def value(self, value: int) -> None:
-        value = int(value)
-        if value != self._value:
-            self._value = value
-            self.valueChanged.emit(value)
+    value = notifyingProperty("_value", "valueChanged", int)
 
     def setValue(self, value: int) -> None:
         self.value = value
@@ -452,15 +434,7 @@ class QPlainTextEdit(QWidget):
         self._plainText = ""
         self.readOnly = False
 
-    @property
-    def plainText(self) -> str:
-        return self._plainText
-
-    @plainText.setter
-    def plainText(self, value: str) -> None:
-        if value != self._plainText:
-            self._plainText = value
-            self.textChanged.emit()
+    plainText = notifyingProperty("_plainText", "textChanged", str)
 
     def setPlainText(self, text: str) -> None:
         self.plainText = text
