@@ -280,7 +280,8 @@ class _ShapeComparison:
             relaxationFactor=0.6)
         method.SetOptimizerScalesFromPhysicalShift()
         method.SetInitialTransform(sitk.Euler3DTransform(transform), inPlace=False)
-        return _as_euler(_execute(method, self.fixed, self.moving, lambda: on_iteration(method.GetOptimizerIteration() + 1)))
+        fitted = _execute(method, self.fixed, self.moving, lambda: on_iteration(method.GetOptimizerIteration() + 1))
+        return _as_euler(fitted)
 
 
 def _grid_points(image: sitk.Image) -> np.ndarray:
