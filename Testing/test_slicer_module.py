@@ -566,6 +566,8 @@ def test_panel_registers_in_the_background_with_progress_every_second(widget, sc
     assert outcome is not None, widget.ui.statusLabel.text
     progress = [(t, text) for t, text in seen if text[:1].isalpha() and not text.startswith(("Starting", "Done"))]
     gaps = np.diff([t for t, _text in progress])
+    print(f"\npanel: {len(progress)} progress messages, longest wait {gaps.max():.2f} s, "
+          f"longest event-loop turn {max(turns) * 1000:.0f} ms")
     assert len(progress) > 5 and gaps.max() <= 1.0 + 0.25, \
         f"longest wait between progress messages {gaps.max():.2f} s: {progress}"
     assert moving.GetTransformNodeID() == outcome.transformNode.GetID()
@@ -587,6 +589,7 @@ def test_cancel_stops_the_worker_within_two_seconds_and_leaves_the_scene_unchang
     run_event_loop(scene, lambda: not widget.isRunning(), timeout=10)
     elapsed = time.monotonic() - start
 
+    print(f"\npanel: Cancel to idle in {elapsed:.2f} s")
     assert elapsed <= 2.0, f"cancel took {elapsed:.2f} s"
     assert widget.ui.statusLabel.text.startswith("Cancelled")
     assert job.background.done and widget.lastOutcome is None
