@@ -123,6 +123,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._shownPresetTablePath = None
         self.lastOutcome = None
 
     def setup(self) -> None:
@@ -207,23 +208,29 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._checkCanApply()
 
     def _showPresetTable(self) -> None:
-        """Fill the path field and the preset list from the parameter node, without echoing signals back."""
+        """Show the parameter node's preset table (path field, list read once per table) and preset,
+        without echoing signals back."""
         parameters = self._parameterNode
         path = parameters.presetTablePath
-        lineEdit, combo = self.ui.presetTablePathLineEdit, self.ui.presetComboBox
-        wasBlocked = lineEdit.blockSignals(True)
-        lineEdit.currentPath = path
-        lineEdit.blockSignals(wasBlocked)
+        combo = self.ui.presetComboBox
+        wasBlocked = combo.blockSignals(True)
+        if path != self._shownPresetTablePath:
+            self._shownPresetTablePath = path
+            lineEditWasBlocked = self.ui.presetTablePathLineEdit.blockSignals(True)
+            self.ui.presetTablePathLineEdit.currentPath = path
+            self.ui.presetTablePathLineEdit.blockSignals(lineEditWasBlocked)
+            combo.clear()
+            combo.addItems([AUTO] + self._presetNamesOrBundled(path))
+        combo.setCurrentText(parameters.presetName if combo.findText(parameters.presetName) >= 0 else AUTO)
+        combo.blockSignals(wasBlocked)
+
+    def _presetNamesOrBundled(self, path: str) -> list:
+        """The preset names of the table at `path` (bundled when empty); the bundled ones if it cannot be read."""
         try:
-            names = self.logic.presetNames(path or None)
+            return self.logic.presetNames(path or None)
         except (OSError, ValueError) as error:
             logging.warning(f"Preset table {path} cannot be read ({error}); showing the bundled presets")
-            names = self.logic.presetNames()
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        combo.addItems([AUTO] + list(names))
-        combo.setCurrentText(parameters.presetName if parameters.presetName in names else AUTO)
-        combo.blockSignals(wasBlocked)
+            return self.logic.presetNames()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         """Enable Register only when both volumes are set and differ; say why in the tooltip otherwise."""
