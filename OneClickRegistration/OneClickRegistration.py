@@ -31,9 +31,15 @@ POLL_INTERVAL_MS = 200
 # DICOM tags that help recognise a modality, by the hint name the library expects.
 DICOM_HINT_TAGS = {
     "Modality": "0008,0060",
+    "ImageType": "0008,0008",
     "SeriesDescription": "0008,103e",
     "ProtocolName": "0018,1030",
     "SequenceName": "0018,0024",
+    "PulseSequenceName": "0018,9005",
+    "ContrastBolusAgent": "0018,0010",
+    "RepetitionTime": "0018,0080",
+    "EchoTime": "0018,0081",
+    "InversionTime": "0018,0082",
 }
 
 

@@ -3,12 +3,16 @@
 The bundled table lives in the module's Resources/OneClickRegistration/Presets/presets.json (its
 JSON schema beside it documents every key).  A user may pass a table of
 their own; it is validated on load and every error names the bad row.
+Besides one row per pair of real modalities, a table has one modality-agnostic
+row, modalities [unknown, unknown], used for every pair in which a scan's
+modality was not recognised.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Optional, Tuple
@@ -16,10 +20,14 @@ from typing import Dict, FrozenSet, Optional, Tuple
 from . import deformable
 from .errors import InvalidInputError
 from .linear import LinearSettings
-from .modality import MODALITIES
+from .modality import MODALITIES, UNKNOWN
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_TABLE = Path(__file__).resolve().parent.parent / "Resources" / "OneClickRegistration" / "Presets" / "presets.json"
 ROW_KEYS = {"name", "modalities", "description", "linear", "deformable"}
+# The key of the modality-agnostic row: the only row that may name UNKNOWN.
+AGNOSTIC = frozenset((UNKNOWN,))
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,8 @@ class PresetTable:
     rows: Dict[FrozenSet[str], Preset]
 
     def lookup(self, first: str, second: str) -> Preset:
-        key = frozenset((first, second))
+        """The row for the pair in either order; any pair with UNKNOWN gets the agnostic row."""
+        key = AGNOSTIC if UNKNOWN in (first, second) else frozenset((first, second))
         if key not in self.rows:
             raise InvalidInputError(
                 f"preset table {self.path} has no row for {first}-{second}; add one or use the bundled table")
@@ -82,6 +91,13 @@ def load_preset_table(path: Optional[Path] = None) -> PresetTable:
         rows[key] = preset
     missing = [f"{a}-{b}" for a, b in itertools.combinations_with_replacement(MODALITIES, 2)
                if frozenset((a, b)) not in rows]
+    if AGNOSTIC not in rows:
+        if path.resolve() == BUNDLED_TABLE.resolve():
+            missing.append(f"{UNKNOWN}-{UNKNOWN} (the agnostic row, used when a modality is not recognised)")
+        else:  # a table written before the agnostic row existed keeps working
+            rows[AGNOSTIC] = load_preset_table().rows[AGNOSTIC]
+            logger.info("preset table %s has no modality-agnostic row; the bundled one is used for scans "
+                        "whose modality is not recognised", path)
     if missing:
         raise InvalidInputError(f"preset table {path} lacks rows for {', '.join(missing)}")
     return PresetTable(path=path, rows=rows)
@@ -98,9 +114,11 @@ def _parse_row(row, where: str) -> Preset:
     if missing or unknown:
         raise InvalidInputError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
     modalities = row["modalities"]
-    if (not isinstance(modalities, list) or len(modalities) != 2
-            or any(m not in MODALITIES for m in modalities)):
-        raise InvalidInputError(f"{where}: 'modalities' must be two of {', '.join(MODALITIES)}")
+    agnostic = modalities == [UNKNOWN, UNKNOWN]
+    if not agnostic and (not isinstance(modalities, list) or len(modalities) != 2
+                         or any(m not in MODALITIES for m in modalities)):
+        raise InvalidInputError(f"{where}: 'modalities' must be two of {', '.join(MODALITIES)}, "
+                                f"or [{UNKNOWN!r}, {UNKNOWN!r}] for the modality-agnostic row")
     try:
         linear_settings = LinearSettings.from_dict(row["linear"])
         deformable_settings = deformable.DeformableSettings.from_dict(row["deformable"])
