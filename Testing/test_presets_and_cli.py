@@ -23,7 +23,7 @@ def _table_document():
 
 def test_bundled_table_has_one_row_per_unordered_pair():
     table = presets.load_preset_table()
-    assert len(table.rows) == 10
+    assert len(table.rows) == 11  # ten pairs of real modalities and the agnostic row
     for a, b in itertools.combinations_with_replacement(MODALITIES, 2):
         assert table.lookup(a, b) is table.lookup(b, a)
 
@@ -34,12 +34,12 @@ def test_bundled_table_matches_its_json_schema():
 
 
 @pytest.mark.parametrize("mutate,expected", [
-    (lambda doc: doc["presets"].pop(), "lacks rows for"),
+    (lambda doc: doc["presets"].pop(0), "lacks rows for T1-T1"),
     (lambda doc: doc["presets"][3]["linear"].pop("histogram_bins"), r"row 4 \(T1-CT\).*histogram_bins"),
     (lambda doc: doc["presets"][0]["linear"].update(metric="ssd"), r"row 1 \(T1-T1\).*metric 'ssd'"),
     (lambda doc: doc["presets"][1].update(modalities=["T1", "PET"]), r"row 2 \(T1-T2\).*modalities"),
     (lambda doc: doc["presets"][2]["linear"].update(shrink_factors=[4, 2]), r"row 3.*one entry per level"),
-    (lambda doc: doc["presets"].append(dict(doc["presets"][0])), r"row 11 \(T1-T1\) repeats"),
+    (lambda doc: doc["presets"].append(dict(doc["presets"][0])), r"row 12 \(T1-T1\) repeats"),
 ])
 def test_bad_user_table_names_the_row(tmp_path, mutate, expected):
     document = _table_document()
@@ -48,6 +48,17 @@ def test_bad_user_table_names_the_row(tmp_path, mutate, expected):
     path.write_text(json.dumps(document))
     with pytest.raises(InvalidInputError, match=expected):
         presets.load_preset_table(path)
+
+
+def test_user_table_without_the_agnostic_row_uses_the_bundled_one(tmp_path):
+    """A table written before the modality-agnostic row existed still loads; unknown pairs get the bundled row."""
+    document = _table_document()
+    document["presets"] = [row for row in document["presets"] if row["modalities"] != ["unknown", "unknown"]]
+    path = tmp_path / "older table.json"
+    path.write_text(json.dumps(document))
+    table = presets.load_preset_table(path)
+    assert table.lookup("unknown", "T1") == presets.load_preset_table().lookup("unknown", "unknown")
+    assert table.lookup("T1", "CT").name == "T1-CT"
 
 
 def test_table_that_is_not_json(tmp_path):

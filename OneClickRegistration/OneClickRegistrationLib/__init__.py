@@ -19,6 +19,7 @@ imported only by the first registration that needs a kernel.
 
 Modules, one concern each:
     imageio     reading, validating and describing images (geometry, masks)
+    fileintegrity  truncated or corrupt image files refused before reading
     modality    recognising T1 / T2 / FLAIR / CT
     presets     the bundled per-modality-pair preset table
     linear      initialisation, rotation search, rigid and affine stages

@@ -3,13 +3,31 @@
     oneclick-register FIXED MOVING [-o OUTDIR] [--output-transform PATH]
         [--output-volume PATH] [--report PATH] [--fixed-modality M]
         [--moving-modality M] [--stages rigid,affine,deformable]
-        [--preset-table FILE]
+        [--preset-table FILE] [--fixed-series UID] [--moving-series UID]
     oneclick-register --identify IMAGE [IMAGE ...]
 
 Reads anything SimpleITK reads (NIfTI, NRRD, MHA, a DICOM folder), shows
 progress on stderr, prints the modalities, preset, scores and times, and
 writes the transform (ITK .h5/.tfm, fixed -> moving), the resampled moving
-volume and a JSON report.  Bad input: one line on stderr, exit status 2.
+volume and a JSON report.
+
+Exit status: 0 done; 2 bad input or output path (one line on stderr, before
+any registration work for the output paths); 130 / 143 cancelled by SIGINT /
+SIGTERM (one line, within 2 s, nothing of the run left on disk); 1 an
+unexpected failure (a bug: a traceback).
+
+Outputs are written to a private folder beside their final paths and renamed
+into place together only when all are complete, so an interrupted or failed
+run never leaves a partial file under a final name.  A signal that arrives
+after that rename does not undo the run.
+
+Interruption: SIGINT and SIGTERM set a flag that the progress callback turns
+into RegistrationCancelled at the library's next progress message (several a
+second in every stage); a watchdog thread, woken by the signal itself
+(signal.set_wakeup_fd), ends the process after CANCEL_GRACE_S if the main
+thread is still inside a long C call (reading, writing, a filter), after
+removing the run's temporary files.  numpy, SimpleITK and the pipeline are
+imported only once the handlers are in place.
 """
 
 from __future__ import annotations
@@ -17,22 +35,40 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
-import SimpleITK as sitk
+from .errors import InvalidInputError, RegistrationCancelled
 
-from . import imageio, score
-from .errors import InvalidInputError
-from .modality import MODALITIES, identify_modality
-from .pipeline import STAGE_NAMES, RegistrationResult, register
-from .presets import load_preset_table
+logger = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
+# A run ended by a signal exits with 128 + its number, as a shell reports it: 130 SIGINT, 143 SIGTERM.
+EXIT_SIGNAL_BASE = 128
+# After a signal, the main thread has this long to stop by itself (at its next progress message)
+# before the watchdog removes the run's files and ends the process.
+CANCEL_GRACE_S = 1.0
+# What each output may be written as: formats whose writer makes one file, which can be renamed into place.
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt")
+REPORT_SUFFIXES = (".json",)
+OUTPUT_OPTIONS = {"transform": "--output-transform", "volume": "--output-volume", "report": "--report"}
+# The private folder an output is written to before it is renamed into place.
+PARTIAL_PREFIX = ".oneclick-register-"
+PARTIAL_SUFFIX = ".partial"
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (imports the modality and pipeline modules for the allowed values)."""
+    from .modality import MODALITIES
+    from .pipeline import STAGE_NAMES
+
     parser = argparse.ArgumentParser(
         prog="oneclick-register",
         description="Align MOVING to FIXED (two head scans of one patient) with no settings to choose.",
@@ -46,10 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-transform", type=Path,
                         help="transform file, .h5 or .tfm (default: OUTDIR/<moving>_to_<fixed>.h5)")
     parser.add_argument("--output-volume", type=Path,
-                        help="moving image resampled onto the fixed grid (default: OUTDIR/<moving>_registered.nii.gz)")
+                        help="moving image resampled onto the fixed grid, .nii.gz, .nii, .nrrd or .mha "
+                             "(default: OUTDIR/<moving>_registered.nii.gz)")
     parser.add_argument("--report", type=Path, help="JSON report (default: OUTDIR/<moving>_report.json)")
     parser.add_argument("--fixed-modality", choices=MODALITIES, type=str.upper, help="skip recognition of the fixed image")
     parser.add_argument("--moving-modality", choices=MODALITIES, type=str.upper, help="skip recognition of the moving image")
+    parser.add_argument("--fixed-series", metavar="UID",
+                        help="SeriesInstanceUID to read when FIXED is a DICOM folder (default: the most slices)")
+    parser.add_argument("--moving-series", metavar="UID",
+                        help="SeriesInstanceUID to read when MOVING is a DICOM folder (default: the most slices)")
     parser.add_argument("--stages", default=",".join(STAGE_NAMES),
                         help="comma-separated stages to run, in order (default: %(default)s)")
     parser.add_argument("--preset-table", type=Path, help="a preset table of your own (JSON, same schema as the bundled one)")
@@ -58,63 +99,109 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.identify:
-            return identify(args.fixed, args.moving)
-        if len(args.moving) != 1:
-            raise InvalidInputError("give exactly two images, FIXED and MOVING (or use --identify)")
-        return run_registration(args)
-    except InvalidInputError as error:
-        print(f"oneclick-register: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("oneclick-register: cancelled", file=sys.stderr)
-        return 130
+    """Run the command line; returns the exit status (see the module docstring)."""
+    _ProgressLine.open_line = False
+    with _Run() as run:
+        try:
+            args = build_parser().parse_args(argv)
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            if args.identify:
+                return identify(args.fixed, args.moving, run)
+            if len(args.moving) != 1:
+                raise InvalidInputError("give exactly two images, FIXED and MOVING (or use --identify)")
+            return run_registration(args, run)
+        except InvalidInputError as error:
+            run.discard()
+            _say(f"error: {error}")
+            return EXIT_BAD_INPUT
+        except (RegistrationCancelled, KeyboardInterrupt):
+            run.discard()
+            _say(run.cancelled_message())
+            return run.cancelled_status()
+        except BaseException:
+            run.discard()
+            raise
 
 
-def identify(first: str, others: List[str]) -> int:
+def identify(first: str, others: List[str], run: Optional["_Run"] = None) -> int:
     """Print `path<TAB>modality<TAB>confidence<TAB>reason` for each image."""
+    from . import imageio
+    from .modality import identify_modality
+
     for path in [first, *others]:
         loaded = imageio.read_image(path)
+        if run is not None:
+            run.check()
+        _say_series(loaded)
         imageio.validate_image(loaded.image, str(path))
         guess = identify_modality(imageio.as_float32(loaded.image), loaded.hints)
         print(f"{path}\t{guess.modality}\t{guess.confidence:.2f}\t{guess.reason}")
     return 0
 
 
-def run_registration(args) -> int:
-    fixed = imageio.read_image(args.fixed)
-    moving = imageio.read_image(args.moving[0])
-    outputs = _output_paths(args, fixed, moving)
+def run_registration(args, run: Optional["_Run"] = None) -> int:
+    """Check the output paths, read, register, write the outputs atomically, print the summary."""
+    import SimpleITK as sitk
+
+    from . import imageio
+    from .pipeline import register
+    from .presets import load_preset_table
+
+    run = run or _Run()
+    inputs = [Path(args.fixed), Path(args.moving[0])]
+    for path in inputs:
+        if not path.exists():
+            raise InvalidInputError(f"{path}: no such file or folder; check the path")
+    outputs = _output_paths(args)
+    check_output_paths(outputs, inputs + ([args.preset_table] if args.preset_table else []))
+    fixed = imageio.read_image(args.fixed, args.fixed_series)
+    run.check()
+    moving = imageio.read_image(args.moving[0], args.moving_series)
+    run.check()
+    for loaded in (fixed, moving):
+        _say_series(loaded)
     table = load_preset_table(args.preset_table) if args.preset_table else None
-    progress = None if args.quiet else _ProgressLine(sys.stderr)
+    line = None if args.quiet else _ProgressLine(sys.stderr)
+
+    def progress(fraction: float, message: str) -> None:
+        run.check()
+        if line is not None:
+            line(fraction, message)
+
     result = register(
         fixed.image, moving.image,
         fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
         stages=args.stages, preset_table=table, progress=progress,
         fixed_hints=fixed.hints, moving_hints=moving.hints,
     )
-    if progress is not None:
-        progress.finish()
-    for path in outputs.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteTransform(result.transform, str(outputs["transform"]))
-    sitk.WriteImage(result.resampled_moving, str(outputs["volume"]), useCompression=True)
     report = result.report()
     report.update({
         "fixed_path": str(fixed.path), "moving_path": str(moving.path),
         "output_transform": str(outputs["transform"]), "output_volume": str(outputs["volume"]),
+        "output_volume_values": imageio.resampled_values_note(result.resampled_moving),
         "transform_convention": "ITK: maps fixed physical points (LPS, mm) to moving physical points",
     })
-    outputs["report"].write_text(json.dumps(report, indent=2), encoding="utf-8")
+    for role, loaded in (("fixed_series", fixed), ("moving_series", moving)):
+        if loaded.series is not None:
+            report[role] = loaded.series.as_dict()
+    progress(1.0, f"writing the transform {outputs['transform'].name}")
+    run.stage(outputs["transform"], lambda path: sitk.WriteTransform(result.transform, str(path)))
+    progress(1.0, f"writing the registered volume {outputs['volume'].name}")
+    run.stage(outputs["volume"], lambda path: sitk.WriteImage(result.resampled_moving, str(path), True))
+    progress(1.0, f"writing the report {outputs['report'].name}")
+    run.stage(outputs["report"], lambda path: path.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+    run.check()
+    run.commit()
+    if line is not None:
+        line.finish()
     print(summary(result, outputs))
     return 0
 
 
-def summary(result: RegistrationResult, outputs: dict) -> str:
+def summary(result, outputs: dict) -> str:
     """What a user reads after a run: modalities, preset, each stage's score and time, files."""
+    from . import score
+
     lines = [
         f"fixed:  {result.fixed_modality}",
         f"moving: {result.moving_modality}",
@@ -132,17 +219,287 @@ def summary(result: RegistrationResult, outputs: dict) -> str:
     return "\n".join(lines)
 
 
-def _output_paths(args, fixed: imageio.LoadedImage, moving: imageio.LoadedImage) -> dict:
-    stem = moving.hints["name"]
+def _output_paths(args) -> Dict[str, Path]:
+    """The three output paths: as given, else named after the inputs in OUTDIR."""
+    from .imageio import image_name
+
+    stem = image_name(args.moving[0])
     return {
-        "transform": args.output_transform or args.output_dir / f"{stem}_to_{fixed.hints['name']}.h5",
+        "transform": args.output_transform or args.output_dir / f"{stem}_to_{image_name(args.fixed)}.h5",
         "volume": args.output_volume or args.output_dir / f"{stem}_registered.nii.gz",
         "report": args.report or args.output_dir / f"{stem}_report.json",
     }
 
 
+# --------------------------------------------------------------------------- output paths
+
+
+def check_output_paths(outputs: Dict[str, Path], inputs: List[Path]) -> None:
+    """Refuse, before any work, an output path that cannot be written or would destroy an input.
+
+    Each output needs a suffix its writer supports, a folder that exists or
+    can be created and can be written (tried with a file created and removed
+    at once), must not be a folder, must not be one of the inputs (the files
+    read, a detached header's data file, a file inside an input DICOM folder:
+    by resolved path and by file identity, so hard and symbolic links count).
+    """
+    from .imageio import VOLUME_SUFFIXES, input_files
+
+    allowed = {"transform": TRANSFORM_SUFFIXES, "volume": VOLUME_SUFFIXES, "report": REPORT_SUFFIXES}
+    sources = [(Path(source), file) for source in inputs if Path(source).exists()
+               for file in [Path(source), *input_files(source)]]
+    for role, path in outputs.items():  # their suffixes differ, so two outputs cannot be one file
+        option = OUTPUT_OPTIONS[role]
+        resolved = path.resolve()
+        for source, file in sources:
+            if source.is_dir() and (resolved == source.resolve() or source.resolve() in resolved.parents):
+                raise InvalidInputError(f"{option} {path} is inside the input DICOM folder {source}; "
+                                        "write the outputs to another folder (-o)")
+            if resolved == file.resolve() or _same_file(path, file):
+                raise InvalidInputError(f"{option} {path} is the input {file}; writing it would overwrite the scan: "
+                                        "choose another output path")
+        if not path.name.lower().endswith(allowed[role]):
+            written_as = _suffix(path) or "a file without suffix"
+            raise InvalidInputError(f"{option} {path}: a {role} cannot be written as {written_as}; "
+                                    f"end the name with {', '.join(allowed[role])}")
+        if path.is_dir():
+            raise InvalidInputError(f"{option} {path} is a folder; give a file name")
+        _check_writable_folder(path.parent, option)
+
+
+def _check_writable_folder(folder: Path, option: str) -> None:
+    """The folder exists or can be created, and a file can be created in it (tried, then removed)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{option}: cannot create the folder {folder}: {existing} is a file, not a folder; "
+                                "choose another output folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".probe", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        where = folder if existing == folder else f"{existing} (to create {folder})"
+        raise InvalidInputError(f"{option}: cannot write in {where}: {error.strerror}; "
+                                "choose a folder you can write to") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when both paths exist and are the same file (a hard link too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
+
+
+# --------------------------------------------------------------------------- one run: signals and outputs
+
+
+class _SignalCancel(RegistrationCancelled):
+    """Raised at a progress message once SIGINT or SIGTERM has arrived."""
+
+
+class _Run:
+    """One run of the command line: its signal handling and its outputs, written atomically.
+
+    As a context manager it installs handlers for SIGINT and SIGTERM (in the
+    main thread only; elsewhere signals are left alone) and a watchdog thread,
+    and restores the previous handlers on exit.  `stage` writes an output to a
+    private folder beside its final path; `commit` renames every staged output
+    into place; `discard` removes what the run created.  One lock orders the
+    main thread and the watchdog: once the watchdog has started to end the
+    process nothing new is created, and once `commit` has started the
+    watchdog leaves the run alone.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._state = "running"  # running -> committing -> committed, or -> aborted (watchdog) / discarded
+        self.signum: Optional[int] = None
+        self._staged: List[tuple] = []
+        self._partial_folders: Dict[Path, Path] = {}
+        self._created_folders: List[Path] = []
+        self._finished = threading.Event()
+        self._previous_handlers: dict = {}
+        self._previous_wakeup = -1
+        self._pipe: Optional[tuple] = None
+        self._watchdog: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "_Run":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self._pipe = (read_end, write_end)
+        for signum in HANDLED_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        self._previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        self._watchdog = threading.Thread(target=self._watch, name="oneclick-register-watchdog", daemon=True)
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._finished.set()
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._previous_wakeup)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        os.close(self._pipe[1])  # the watchdog reads the end of the pipe and returns
+        self._watchdog.join()
+        os.close(self._pipe[0])
+
+    # -- signals
+
+    def _on_signal(self, signum, frame) -> None:
+        """Python-level handler (main thread): only record the signal; `check` acts on it."""
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Raise _SignalCancel if a signal arrived and the outputs are not being committed."""
+        if self.signum is not None and self._state == "running":
+            raise _SignalCancel(f"cancelled by {signal.Signals(self.signum).name}")
+
+    def _watch(self) -> None:
+        """Watchdog thread: on a signal, give the main thread CANCEL_GRACE_S, then end the process itself."""
+        while True:
+            try:
+                data = os.read(self._pipe[0], 64)
+            except OSError:
+                return
+            if not data:
+                return  # the run is over: __exit__ closed the pipe
+            handled = [number for number in data if number in {int(s) for s in HANDLED_SIGNALS}]
+            if not handled:
+                continue
+            if self.signum is None:
+                self.signum = handled[0]
+            if self._finished.wait(CANCEL_GRACE_S):
+                return
+            with self._lock:
+                if self._state != "running":
+                    continue  # committing or committed: the run completes; discarded: the main thread is ending
+                self._state = "aborted"
+                self._remove_created()
+            logger.debug("main thread did not stop within %.1f s; ending the process", CANCEL_GRACE_S)
+            _write_stderr(self.cancelled_message())
+            os._exit(self.cancelled_status())
+
+    def cancelled_message(self) -> str:
+        """The one line printed when the run is cancelled."""
+        name = signal.Signals(self.signum).name if self.signum else "an interrupt"
+        return f"cancelled by {name}; no output written"
+
+    def cancelled_status(self) -> int:
+        """128 + the signal number (130 for SIGINT, also for a KeyboardInterrupt without a handler)."""
+        return EXIT_SIGNAL_BASE + (self.signum or int(signal.SIGINT))
+
+    # -- outputs
+
+    def stage(self, final: Path, write: Callable[[Path], None]) -> None:
+        """Write one output with `write(temporary path)` in a private folder beside `final`, flushed to disk."""
+        folder = final.parent
+        with self._lock:
+            if self._state != "running":
+                raise _SignalCancel("cancelled")
+            if folder not in self._partial_folders:
+                self._create_folders(folder)
+                self._partial_folders[folder] = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX,
+                                                                      dir=folder))
+            temporary = self._partial_folders[folder] / final.name
+            self._staged.append((temporary, final))
+        try:
+            write(temporary)
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+        except (OSError, RuntimeError) as error:  # RuntimeError: SimpleITK's writers
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise InvalidInputError(f"cannot write {final} ({reason}); check the free space and the folder") from None
+
+    def commit(self) -> None:
+        """Rename every staged output into place, then remove the private folders; signals no longer cancel."""
+        with self._lock:
+            if self._state != "running":
+                raise _SignalCancel("cancelled")
+            self._state = "committing"
+            for temporary, final in self._staged:
+                try:
+                    os.replace(temporary, final)
+                except OSError as error:  # checked beforehand; the folder changed during the run
+                    raise InvalidInputError(f"cannot move the finished {final.name} into place at {final} "
+                                            f"({error.strerror}); the outputs before it are in place") from None
+            for partial in self._partial_folders.values():
+                shutil.rmtree(partial, ignore_errors=True)
+            self._state = "committed"
+
+    def discard(self) -> None:
+        """Remove every file and folder this run created (after a failure or a cancel)."""
+        with self._lock:
+            if self._state in ("running", "committing"):
+                self._state = "discarded"
+                self._remove_created()
+
+    def _create_folders(self, folder: Path) -> None:
+        """mkdir -p, remembering each folder created so that `discard` can remove it."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir()
+            self._created_folders.append(path)
+
+    def _remove_created(self) -> None:
+        """The private folders and their files, then the folders created, deepest first (called under the lock)."""
+        for partial in self._partial_folders.values():
+            for _ in range(3):  # a writer still running in C may create its file while the folder goes
+                shutil.rmtree(partial, ignore_errors=True)
+                if not partial.exists():
+                    break
+        for folder in reversed(self._created_folders):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        self._partial_folders.clear()
+        self._created_folders.clear()
+
+
+def _say(message: str) -> None:
+    """One line on stderr, prefixed with the program name, on a line of its own (after a progress line)."""
+    print(f"{_line_break()}oneclick-register: {message}", file=sys.stderr, flush=True)
+
+
+def _write_stderr(message: str) -> None:
+    """The same line written to file descriptor 2 directly: the watchdog's, while the main thread may be mid-print."""
+    try:
+        os.write(2, f"{_line_break()}oneclick-register: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _line_break() -> str:
+    """A newline that ends a terminal's progress line, when one is open."""
+    return "\n" if _ProgressLine.open_line else ""
+
+
+def _say_series(loaded) -> None:
+    """Which DICOM series a folder with several was read from, and the others."""
+    if loaded.series is not None and loaded.series.others:
+        _say(loaded.series.message(loaded.path))
+
+
 class _ProgressLine:
     """A one-line progress display on a terminal (plain lines when not a terminal)."""
+
+    # True while a terminal's progress line waits for its newline (messages then start a new line).
+    open_line = False
 
     def __init__(self, stream):
         self.stream = stream
@@ -153,13 +510,16 @@ class _ProgressLine:
         if self.interactive:
             self.stream.write(f"\r[{fraction:4.0%}] {message[:70]:<70}")
             self.stream.flush()
+            _ProgressLine.open_line = True
         elif message != self.last_message:
             self.stream.write(f"[{fraction:4.0%}] {message}\n")
+            self.stream.flush()
         self.last_message = message
 
     def finish(self) -> None:
         if self.interactive:
             self.stream.write("\n")
+            _ProgressLine.open_line = False
 
 
 if __name__ == "__main__":

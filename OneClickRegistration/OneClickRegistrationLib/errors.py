@@ -17,6 +17,10 @@ class InvalidInputError(ValueError):
 class RegistrationCancelled(Exception):
     """Raised from a progress callback to stop a registration early.
 
-    The library never catches it: it propagates to the caller, and nothing
-    the caller passed in has been modified.
+    The library never catches it: it propagates to the caller as itself,
+    whatever step or stage is running (`register` reports progress several
+    times a second in each), and nothing the caller passed in has been
+    modified.  The command line raises it at the next progress message after
+    SIGINT or SIGTERM.  The library installs no signal handler, so Ctrl-C in a
+    Python console stays a KeyboardInterrupt.
     """

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InvalidInputError
+from .fileintegrity import check_file_integrity, input_files
 
 logger = logging.getLogger(__name__)
 
@@ -31,33 +32,119 @@ MASK_SPACING_MM = 2.0
 # other values by more than this fraction of the range, is field-of-view padding.
 PADDING_MIN_FRACTION = 0.01
 PADDING_GAP_FRACTION = 0.05
-# DICOM tags that help recognise the modality.
+# A volume needs at least this many voxels along every axis, and this extent in millimetres:
+# the coarsest pyramid level (4 times the finest voxel) and the 6 mm grid of the rotation
+# search must keep at least 4 voxels per axis, which ITK's Gaussian filters require.
+MIN_VOXELS_PER_AXIS = 16
+MIN_EXTENT_MM = 32.0
+# An integer-valued image with at most this many distinct values is a label map (a
+# segmentation, a mask), unless its value set looks like a scan quantised to few grey levels.
+LABEL_MAP_MAX_VALUES = 64
+# A scan quantised to 17..64 levels still has partial-volume edges: most neighbouring voxels
+# that differ do so by one or two grey levels.  In a label map, neighbouring labels jump by
+# arbitrary amounts (measured on the shared data: quantised scans 0.39-0.85, parcellations
+# 0.01-0.23).  At or below this many values every integer image is taken for a label map.
+LABEL_MAP_ALWAYS_AT_OR_BELOW = 16
+QUANTISED_SCAN_MIN_GRADUAL_EDGES = 0.3
+# A user mask must cover at least this volume (a 2 cm cube): smaller, the coarse pyramid
+# levels have no sample inside it and the metric fails.
+MIN_MASK_VOLUME_ML = 8.0
+# A mask whose grid differs from its image's by less than this (mm, or direction cosine) is
+# taken as on the image grid (rounding in the headers); otherwise it is resampled onto it.
+GRID_TOLERANCE = 1e-4
+# Output volume formats: single files (so that they can be renamed into place) that keep
+# the geometry exactly.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# DICOM tags that help recognise the modality (the same hints the Slicer module passes).
 DICOM_HINT_TAGS = {
     "0008|0060": "Modality",
+    "0008|0008": "ImageType",
     "0008|103e": "SeriesDescription",
     "0018|1030": "ProtocolName",
     "0018|0024": "SequenceName",
+    "0018|9005": "PulseSequenceName",
+    "0018|0010": "ContrastBolusAgent",
+    "0018|0080": "RepetitionTime",
+    "0018|0081": "EchoTime",
+    "0018|0082": "InversionTime",
 }
 
 
 @dataclass
+class DicomSeries:
+    """One series of a DICOM folder: its SeriesInstanceUID, description and files."""
+
+    uid: str
+    description: str
+    files: Tuple[str, ...]
+
+    def describe(self) -> str:
+        """'1.2.3 ("T1 MPRAGE", 176 files)' for messages."""
+        label = f'"{self.description}", ' if self.description else ""
+        return f"{self.uid} ({label}{len(self.files)} files)"
+
+
+@dataclass
+class SeriesChoice:
+    """Which series of a DICOM folder was read, why, and which others the folder holds."""
+
+    used: DicomSeries
+    reason: str
+    others: List[DicomSeries] = field(default_factory=list)
+
+    def message(self, folder) -> str:
+        """One line for the user: the series used, why, and the others."""
+        text = f"{folder}: using DICOM series {self.used.describe()}, {self.reason}"
+        if self.others:
+            text += "; the folder also holds " + "; ".join(series.describe() for series in self.others)
+        return text
+
+    def as_dict(self) -> dict:
+        """For the JSON report."""
+        return {"used": self.used.uid, "description": self.used.description, "files": len(self.used.files),
+                "reason": self.reason,
+                "others": [{"uid": s.uid, "description": s.description, "files": len(s.files)} for s in self.others]}
+
+
+@dataclass
 class LoadedImage:
-    """An image read from disk, with what its name and tags say about it."""
+    """An image read from disk, with what its name and tags say about it.
+
+    `files` are the files the image was read from (a header and its data file, or
+    a DICOM series), so that no output can be written over one of them;
+    `series` says which DICOM series of a folder was read and why.
+    """
 
     image: sitk.Image
     path: Path
     hints: Dict[str, str] = field(default_factory=dict)
+    files: Tuple[Path, ...] = ()
+    series: Optional[SeriesChoice] = None
 
 
-def read_image(path) -> LoadedImage:
-    """Read a file SimpleITK understands (NIfTI, NRRD, MHA...) or a DICOM series folder."""
+def read_image(path, series_uid: Optional[str] = None) -> LoadedImage:
+    """Read a file SimpleITK understands (NIfTI, NRRD, MHA...) or a DICOM series folder.
+
+    A compressed or uncompressed NIfTI, NRRD or MetaImage file is first checked
+    to hold all the voxel data its header announces, and its compressed stream
+    to be intact: ITK zero-fills a truncated .nii or .nii.gz and reads a damaged
+    one without a word.  `series_uid` picks a series of a DICOM folder (default:
+    the one with the most slices).
+    """
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file or folder; check the path")
+    if series_uid is not None and not path.is_dir():
+        raise InvalidInputError(f"{path}: a series UID was given but this is a file, not a DICOM folder; "
+                                "give the folder or drop the series UID")
+    choice = None
     try:
         if path.is_dir():
-            image, hints = _read_dicom_folder(path)
+            image, hints, choice = _read_dicom_folder(path, series_uid)
+            files = tuple(Path(name) for name in choice.used.files)
         else:
+            files = input_files(path)
+            check_file_integrity(path)
             image = sitk.ReadImage(str(path))
             hints = {key: image.GetMetaData(tag).strip()
                      for tag, key in DICOM_HINT_TAGS.items() if image.HasMetaDataKey(tag)}
@@ -70,36 +157,83 @@ def read_image(path) -> LoadedImage:
         raise InvalidInputError(
             f"{path}: cannot be read as an image ({first_line}); give a NIfTI, NRRD, MHA file or a DICOM folder"
         ) from None
-    hints["name"] = _strip_image_suffixes(path.name)
-    return LoadedImage(image=image, path=path, hints=hints)
+    except OSError as error:
+        raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error}); check that the file "
+                                "is there and readable") from None
+    hints["name"] = image_name(path)
+    if choice is not None and choice.others:
+        logger.info("%s", choice.message(path))
+    return LoadedImage(image=image, path=path, hints=hints, files=files, series=choice)
 
 
-def _read_dicom_folder(folder: Path):
-    """Read the largest DICOM series in `folder`, keeping the tags that name the modality."""
+def _read_dicom_folder(folder: Path, series_uid: Optional[str] = None):
+    """Read one DICOM series of `folder`: the one asked for, else the one with the most slices.
+
+    Returns (image, hints from the tags that name the modality, SeriesChoice).
+    """
     reader = sitk.ImageSeriesReader()
     series_ids = reader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InvalidInputError(f"{folder}: folder holds no DICOM series; give an image file or a DICOM folder")
-    files_per_series = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
-    files = max(files_per_series, key=len)
-    reader.SetFileNames(files)
+    found = [DicomSeries(uid, _series_description(files), tuple(files))
+             for uid in series_ids for files in [reader.GetGDCMSeriesFileNames(str(folder), uid)]]
+    choice = _choose_series(folder, found, series_uid)
+    reader.SetFileNames(list(choice.used.files))
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
     image = reader.Execute()
     hints = {key: reader.GetMetaData(0, tag).strip()
              for tag, key in DICOM_HINT_TAGS.items() if reader.HasMetaDataKey(0, tag)}
-    return image, hints
+    return image, hints, choice
 
 
-def _strip_image_suffixes(name: str) -> str:
+def _choose_series(folder: Path, found: List[DicomSeries], series_uid: Optional[str]) -> SeriesChoice:
+    """The requested series, or the one with the most files (the first of those in GDCM's order on a tie)."""
+    if series_uid is not None:
+        matches = [series for series in found if series.uid == series_uid.strip()]
+        if not matches:
+            raise InvalidInputError(
+                f"{folder}: holds no DICOM series {series_uid}; its series are "
+                + "; ".join(series.describe() for series in found))
+        used, reason = matches[0], "the series asked for"
+    else:
+        used = max(found, key=lambda series: len(series.files))
+        ties = sum(len(series.files) == len(used.files) for series in found)
+        reason = ("the only series in the folder" if len(found) == 1 else
+                  "the one with the most slices" if ties == 1 else
+                  f"the first of {ties} series with {len(used.files)} slices")
+    return SeriesChoice(used=used, reason=reason, others=[series for series in found if series is not used])
+
+
+def _series_description(files) -> str:
+    """SeriesDescription of a series, from its first file's header only ('' when absent)."""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        reader.ReadImageInformation()
+        return reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+    except RuntimeError:
+        return ""
+
+
+def image_name(path) -> str:
+    """The file or folder name without its image suffixes ('T2' for T2.nii.gz): names the outputs."""
+    name = Path(path).name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
+
 def validate_image(image: sitk.Image, role: str) -> None:
-    """Refuse an image that cannot be registered, naming the problem and the fix."""
+    """Refuse an image that cannot be registered, naming the problem and the fix.
+
+    What the image is comes first (not an image, 4D, colour, bad header, NaN,
+    constant, a label map), then whether it is large enough: a volume under
+    MIN_VOXELS_PER_AXIS voxels or MIN_EXTENT_MM along an axis would make the
+    coarse pyramid levels fail inside ITK.
+    """
     if not isinstance(image, sitk.Image):
         raise InvalidInputError(f"{role} is a {type(image).__name__}, not a SimpleITK image; read it with SimpleITK first")
     if image.GetDimension() != 3:
@@ -109,9 +243,6 @@ def validate_image(image: sitk.Image, role: str) -> None:
         raise InvalidInputError(
             f"{role} has {image.GetNumberOfComponentsPerPixel()} components per voxel (colour or vector image); "
             "give a scalar volume (convert to grey levels first)")
-    if min(image.GetSize()) < 4:
-        raise InvalidInputError(
-            f"{role} is {image.GetSize()} voxels, too small to register; give a volume at least 4 voxels along each axis")
     spacing = np.asarray(image.GetSpacing())
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InvalidInputError(f"{role} has voxel spacing {tuple(spacing)}; spacing must be positive: fix the file header")
@@ -131,10 +262,75 @@ def validate_image(image: sitk.Image, role: str) -> None:
     if low == high:
         what = "empty (all zero)" if low == 0 else f"constant (every voxel is {low:g})"
         raise InvalidInputError(f"{role} is {what}; it holds no anatomy to register: check that the right volume was loaded")
+    labels = label_map_values(values)
+    if labels is not None:
+        raise InvalidInputError(
+            f"{role} looks like a label map or segmentation ({labels} distinct integer values), not a scan; "
+            "register the scan it was drawn on, then apply the transform to the label map with "
+            "nearest-neighbour interpolation")
+    if min(image.GetSize()) < MIN_VOXELS_PER_AXIS:
+        raise InvalidInputError(
+            f"{role} is {'x'.join(map(str, image.GetSize()))} voxels, too small to register: give a volume "
+            f"of at least {MIN_VOXELS_PER_AXIS} voxels along each axis (a whole head, not a thumbnail or a few slices)")
+    extent = spacing * np.asarray(image.GetSize())
+    if np.any(extent < MIN_EXTENT_MM):
+        raise InvalidInputError(
+            f"{role} spans only {'x'.join(f'{e:.3g}' for e in extent)} mm, too small to register: give a volume "
+            f"at least {MIN_EXTENT_MM:g} mm across along each axis (a whole head)")
+
+
+def label_map_values(values: np.ndarray) -> Optional[int]:
+    """The number of distinct values when `values` look like a label map, else None.
+
+    A label map (segmentation, mask, parcellation) holds few distinct integer
+    values.  Scans stored as integers hold many: 8-bit exports about 240-256
+    values, 12-16-bit scans hundreds to thousands (every volume of the shared
+    data).  Between LABEL_MAP_ALWAYS_AT_OR_BELOW and LABEL_MAP_MAX_VALUES values
+    a scan quantised to few grey levels is told apart by its edges: partial
+    volume makes neighbouring voxels differ by one or two levels, where labels
+    jump by arbitrary amounts.
+    """
+    distinct = _few_distinct_values(values, LABEL_MAP_MAX_VALUES)
+    if distinct is None or not np.all(distinct == np.round(distinct)):
+        return None
+    if distinct.size > LABEL_MAP_ALWAYS_AT_OR_BELOW and _gradual_edge_fraction(values, distinct) >= \
+            QUANTISED_SCAN_MIN_GRADUAL_EDGES:
+        return None
+    return int(distinct.size)
+
+
+def _few_distinct_values(values: np.ndarray, limit: int) -> Optional[np.ndarray]:
+    """The sorted distinct values when there are at most `limit`, else None; a sample decides most scans fast."""
+    flat = values.ravel()
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    if np.unique(sample).size > limit:
+        return None
+    distinct = np.unique(flat)
+    return distinct if distinct.size <= limit else None
+
+
+def _gradual_edge_fraction(values: np.ndarray, distinct: np.ndarray) -> float:
+    """Fraction of differing face-neighbour pairs whose values differ by at most two steps of the value grid."""
+    levels = distinct.astype(np.int64)
+    step = int(np.gcd.reduce(np.diff(levels))) or 1
+    gradual = differing = 0
+    integers = values.astype(np.int64)
+    for axis in range(values.ndim):
+        jumps = np.abs(np.diff(integers, axis=axis))
+        jumps = jumps[jumps > 0]
+        gradual += int(np.count_nonzero(jumps <= 2 * step))
+        differing += jumps.size
+    return gradual / differing if differing else 1.0
 
 
 def validated_mask(mask: Optional[sitk.Image], image: sitk.Image, role: str) -> Optional[sitk.Image]:
-    """A user mask as a uint8 binary image, checked to be 3D and not empty."""
+    """A user mask as a uint8 binary image on its image's grid, checked to be 3D, not empty and large enough.
+
+    A mask drawn on another grid (another resolution or field of view) is
+    resampled onto the image's grid with nearest-neighbour interpolation; a
+    mask smaller than MIN_MASK_VOLUME_ML gives the coarse pyramid levels no
+    sample and is refused.  The caller's mask is not modified.
+    """
     if mask is None:
         return None
     if not isinstance(mask, sitk.Image) or mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
@@ -144,7 +340,37 @@ def validated_mask(mask: Optional[sitk.Image], image: sitk.Image, role: str) -> 
         raise InvalidInputError(f"{role} is empty; draw the region to register or leave the mask out")
     if physical_overlap_fraction(binary, image) == 0.0:
         raise InvalidInputError(f"{role} does not overlap its image; use the mask made for that image")
+    binary = on_grid_of(binary, image, role)
+    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(binary)))
+    volume_ml = voxels * float(np.prod(image.GetSpacing())) / 1000.0
+    if volume_ml < MIN_MASK_VOLUME_ML:
+        raise InvalidInputError(
+            f"{role} covers only {voxels} voxel{'s' if voxels != 1 else ''} ({volume_ml:.3g} ml) of its image; "
+            f"a mask must cover at least {MIN_MASK_VOLUME_ML:g} ml (a 2 cm cube) to drive the registration: "
+            "draw a larger region or leave the mask out")
     return binary
+
+
+def on_grid_of(mask: sitk.Image, image: sitk.Image, role: str = "mask") -> sitk.Image:
+    """`mask` on `image`'s voxel grid: as is when the grids agree (to GRID_TOLERANCE), else nearest-neighbour resampled."""
+    if same_grid(mask, image):
+        if mask.GetOrigin() == image.GetOrigin() and mask.GetSpacing() == image.GetSpacing() \
+                and mask.GetDirection() == image.GetDirection():
+            return mask
+        aligned = sitk.Image(mask)
+        aligned.CopyInformation(image)
+        return aligned
+    logger.info("%s is on another grid than its image (%s voxels of %s mm); resampled onto the image grid "
+                "with nearest-neighbour interpolation", role, mask.GetSize(), mask.GetSpacing())
+    return sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = GRID_TOLERANCE) -> bool:
+    """True when both images have the same size and, to `tolerance`, the same origin, spacing and direction."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tolerance)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tolerance)
+            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tolerance))
 
 
 def as_float32(image: sitk.Image) -> sitk.Image:
@@ -258,9 +484,36 @@ def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transfo
 
     Keeps the moving image's pixel type; voxels that map outside the moving image
     get the moving image's minimum (its background), not an arbitrary zero.
+    Integer types are interpolated in float and then rounded to the nearest
+    integer (halves away from zero) and clamped to the type's range: ITK's own
+    cast truncates (10.9 -> 10).
     """
     background = float(sitk.GetArrayViewFromImage(moving).min())
-    return sitk.Resample(moving, fixed, transform, interpolator, background, moving.GetPixelID())
+    if not _is_integer_type(moving):
+        return sitk.Resample(moving, fixed, transform, interpolator, background, moving.GetPixelID())
+    dtype = sitk.GetArrayViewFromImage(moving).dtype
+    exact = sitk.sitkFloat32 if dtype.itemsize <= 2 else sitk.sitkFloat64  # float32 holds every 16-bit integer
+    interpolated = sitk.Resample(moving, fixed, transform, interpolator, background, exact)
+    limits = np.iinfo(dtype)
+    interpolated_values = sitk.GetArrayViewFromImage(interpolated)
+    halves_away_from_zero = np.copysign(np.floor(np.abs(interpolated_values) + 0.5), interpolated_values)
+    values = np.clip(halves_away_from_zero, limits.min, limits.max).astype(dtype)
+    rounded = sitk.GetImageFromArray(values)
+    rounded.CopyInformation(interpolated)
+    return rounded
+
+
+def resampled_values_note(image: sitk.Image) -> str:
+    """How the values of `resample_onto`'s result were made, for reports: rounded or as interpolated."""
+    if _is_integer_type(image):
+        limits = np.iinfo(sitk.GetArrayViewFromImage(image).dtype)
+        return (f"{image.GetPixelIDTypeAsString()}, as the moving image: linear interpolation rounded to the "
+                f"nearest integer and clamped to {limits.min}..{limits.max}")
+    return f"{image.GetPixelIDTypeAsString()}, as the moving image: linear interpolation, values as interpolated"
+
+
+def _is_integer_type(image: sitk.Image) -> bool:
+    return sitk.GetArrayViewFromImage(image).dtype.kind in "iu"
 
 
 def shrink_to_spacing(image: sitk.Image, target_mm: float) -> sitk.Image:

@@ -10,16 +10,17 @@ moving image with it puts the moving image onto the fixed grid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
 from . import deformable, imageio, linear, score
 from .errors import InvalidInputError
-from .modality import ModalityGuess, identify_modality, parse_modality
+from .modality import UNKNOWN, ModalityGuess, identify_modality, parse_modality
 from .presets import Preset, PresetTable, load_preset_table
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def register(
     *,
     fixed_modality: Optional[str] = None,
     moving_modality: Optional[str] = None,
-    preset: Optional[Preset] = None,
+    preset: Union[Preset, str, None] = None,
     stages: Sequence[str] = STAGE_NAMES,
     fixed_mask: Optional[sitk.Image] = None,
     moving_mask: Optional[sitk.Image] = None,
@@ -117,13 +118,19 @@ def register(
 
     fixed, moving: SimpleITK 3D scalar images of any pixel type and orientation.
     fixed_modality, moving_modality: 'T1', 'T2', 'FLAIR' or 'CT' to skip recognition.
-    preset: a row of the preset table to use instead of the one for the pair.
+    preset: a row of the preset table to use instead of the one for the pair,
+        as a Preset or by its name ('T1-CT', case-insensitive; 'CT-T1' works too).
     stages: which of 'rigid', 'affine', 'deformable' to run, in that order.
         The deformable stage runs only when listed here *and* the preset enables
         it by default, or when the caller passes a preset that enables it.
-    fixed_mask, moving_mask: optional binary masks narrowing the metric and score.
-    progress: called as progress(fraction, message); raise
-        `RegistrationCancelled` from it to stop.  Inputs are never modified.
+    fixed_mask, moving_mask: optional binary masks narrowing the metric and score;
+        a mask on another grid than its image is resampled onto the image grid
+        (nearest neighbour); a mask under 8 ml is refused.
+    progress: called as progress(fraction, message) several times a second in
+        every step and stage; raise `RegistrationCancelled` from it to stop: it
+        propagates as is, whatever stage runs.  A KeyboardInterrupt (Ctrl-C in
+        a console) also propagates as is, within an optimizer iteration; this
+        function installs no signal handler.  Inputs are never modified.
     preset_table: a table loaded from a user file (default: the bundled one).
     fixed_hints, moving_hints: names and DICOM tags ('name', 'Modality',
         'SeriesDescription', ...) that help recognise the modality.
@@ -137,13 +144,16 @@ def register(
     moving_f = imageio.as_float32(moving)
     fixed_mask = imageio.validated_mask(fixed_mask, fixed, "fixed mask")
     moving_mask = imageio.validated_mask(moving_mask, moving, "moving mask")
+    preset = _preset_argument(preset, preset_table)
 
     report(0.0, "recognising modalities")
     fixed_guess = _modality(fixed_f, fixed_modality, fixed_hints)
     moving_guess = _modality(moving_f, moving_modality, moving_hints)
     table = preset_table or load_preset_table()
-    chosen = preset or table.lookup(fixed_guess.modality, moving_guess.modality)
-    cross_modality = fixed_guess.modality != moving_guess.modality
+    pair = (fixed_guess.modality, moving_guess.modality)
+    chosen = preset or table.lookup(*pair)  # a pair with an unknown side: the agnostic row
+    # An unknown side may be any contrast: score it as a cross-modality pair.
+    cross_modality = pair[0] != pair[1] or UNKNOWN in pair
     logger.info("fixed %s, moving %s, preset %s", fixed_guess, moving_guess, chosen.name)
 
     report(0.0, "outlining the heads")
@@ -174,10 +184,11 @@ def register(
     for index, name in enumerate(stages):
         stage_progress = _sub_progress(report, index * stage_fraction, stage_fraction, name)
         stage_start = time.perf_counter()
-        outcome = _run_stage(
-            name, fixed_f, moving_f, current, chosen, cross_modality,
-            fixed_mask, moving_mask, fixed_head, moving_head, stage_progress,
-        )
+        with _overlap_loss_as_input_error(name):
+            outcome = _run_stage(
+                name, fixed_f, moving_f, current, chosen, cross_modality,
+                fixed_mask, moving_mask, fixed_head, moving_head, stage_progress,
+            )
         if outcome is None:
             continue
         transform, inverse, message = outcome
@@ -249,6 +260,26 @@ def _run_stage(name, fixed, moving, current, preset, cross_modality,
     raise AssertionError(name)
 
 
+@contextlib.contextmanager
+def _overlap_loss_as_input_error(stage: str):
+    """ITK's "samples map outside moving image buffer" as a one-line InvalidInputError.
+
+    The metric raises it when a pose leaves no sample of the fixed image inside
+    the moving one: volumes a few coarse voxels across, or that barely overlap.
+    It is a property of the input, not a bug, so the user gets the reason and
+    the fix instead of ITK's multi-line RuntimeError.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if "map outside moving image buffer" not in str(error):
+            raise
+        raise InvalidInputError(
+            f"the {stage} stage lost the overlap of the two images (no metric sample of the fixed image falls "
+            "inside the moving image): the volumes are too small or overlap too little; give two whole-head "
+            "volumes that overlap, or larger masks") from None
+
+
 def _identical_images_result(fixed, moving, identity, fixed_guess, moving_guess, preset,
                              scorer, start, stages):
     """The same image twice: identity with a perfect score, no work done."""
@@ -269,10 +300,32 @@ def _identical_images_result(fixed, moving, identity, fixed_guess, moving_guess,
 
 
 def _modality(image, forced, hints) -> ModalityGuess:
+    """The caller's modality when given, else the recognised one (possibly UNKNOWN)."""
     if forced is not None:
         name = parse_modality(forced)
         return ModalityGuess(name, 1.0, "given by the caller", "caller")
     return identify_modality(image, hints)
+
+
+def _preset_argument(preset: Union[Preset, str, None], preset_table: Optional[PresetTable]) -> Optional[Preset]:
+    """The `preset` argument as a Preset: a Preset as is, a name looked up in the table in use.
+
+    Names match case-insensitively and a pair in either order ('ct-t1' finds
+    'T1-CT'), so that a name typed by hand works; an unknown name is refused
+    before any work, naming the table's presets.
+    """
+    if preset is None or isinstance(preset, Preset):
+        return preset
+    if not isinstance(preset, str):
+        raise InvalidInputError(f"preset must be a preset name or a Preset, not a {type(preset).__name__}; "
+                                "e.g. preset='T1-CT'")
+    table = preset_table or load_preset_table()
+    wanted = preset.strip().casefold()
+    reversed_pair = "-".join(reversed(wanted.split("-", 1)))
+    for row in table.rows.values():
+        if row.name.casefold() in (wanted, reversed_pair):
+            return row
+    return table.by_name(preset)  # raises, listing the names
 
 
 def _validated_stage_names(stages: Sequence[str]) -> tuple:

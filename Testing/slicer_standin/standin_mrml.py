@@ -22,7 +22,6 @@ Where a behaviour is only guessed the comment says so, and the guess is strict.
 from __future__ import annotations
 
 import math
-import os
 
 import vtk
 
