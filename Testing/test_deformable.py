@@ -199,7 +199,8 @@ def test_preset_table_rows_are_valid_settings():
     table = json.loads((ROOT / "OneClickRegistration" / "Resources" / "OneClickRegistration" / "Presets" / "presets.json").read_text())
     for row in table["presets"]:
         settings = DeformableSettings.from_dict(row["deformable"])
-        cross = row["modalities"][0] != row["modalities"][1]
+        # the agnostic row (modalities unknown) may pair any contrasts: it is cross-modality too
+        cross = row["modalities"][0] != row["modalities"][1] or "unknown" in row["modalities"]
         expected = ("ngf" if "CT" in row["modalities"] else "mind") if cross else "lncc"
         assert settings.metric == expected, row["name"]
         assert dataclasses.is_dataclass(settings)
