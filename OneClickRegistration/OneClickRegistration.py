@@ -28,19 +28,6 @@ STAGE_NAMES = ("rigid", "affine", "deformable")
 DOCUMENTATION_URL = "https://github.com/OneClickRegistration/SlicerOneClickRegistration#readme"
 # How often the panel asks the worker for news while a registration runs.
 POLL_INTERVAL_MS = 200
-# DICOM tags that help recognise a modality, by the hint name the library expects.
-DICOM_HINT_TAGS = {
-    "Modality": "0008,0060",
-    "ImageType": "0008,0008",
-    "SeriesDescription": "0008,103e",
-    "ProtocolName": "0018,1030",
-    "SequenceName": "0018,0024",
-    "PulseSequenceName": "0018,9005",
-    "ContrastBolusAgent": "0018,0010",
-    "RepetitionTime": "0018,0080",
-    "EchoTime": "0018,0081",
-    "InversionTime": "0018,0082",
-}
 
 
 #
@@ -621,8 +608,10 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         instanceUIDs = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
         database = getattr(slicer, "dicomDatabase", None)
         if instanceUIDs and database is not None:
-            for hint, tag in DICOM_HINT_TAGS.items():
-                value = database.instanceValue(instanceUIDs[0], tag)
+            from OneClickRegistrationLib.imageio import DICOM_HINT_TAGS  # the same tags the command line reads
+
+            for tag, hint in DICOM_HINT_TAGS.items():
+                value = database.instanceValue(instanceUIDs[0], tag.replace("|", ","))
                 if value:
                     hints[hint] = value.strip()
         return hints

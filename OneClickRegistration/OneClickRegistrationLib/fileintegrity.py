@@ -196,7 +196,7 @@ def _nrrd_header(path: Path) -> Optional[_DataLayout]:
     if name is not None:
         if name.startswith("LIST") or "%" in name or " " in name:
             return _DataLayout(None, offset, "", None)  # several data files: not checked
-        data_file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+        data_file = path.parent / name  # an absolute name replaces the folder
         offset = 0
     encoding = _NRRD_ENCODINGS.get(fields.get("encoding", "").lower(), "")
     known = type_bytes is not None and sizes and skip >= 0 and line_skip == 0
@@ -236,7 +236,7 @@ def _meta_header(path: Path) -> Optional[_DataLayout]:
     if name != "LOCAL":
         if not name or name.startswith("LIST") or "%" in name:
             return _DataLayout(None, offset, "", None)
-        data_file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+        data_file = path.parent / name  # an absolute name replaces the folder
         offset = 0
     compressed = fields.get("CompressedData", "False").lower() == "true"
     known = type_bytes is not None and sizes and header_size >= 0

@@ -55,7 +55,7 @@ GRID_TOLERANCE = 1e-4
 # Output volume formats: single files (so that they can be renamed into place) that keep
 # the geometry exactly.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-# DICOM tags that help recognise the modality (the same hints the Slicer module passes).
+# DICOM tags that help recognise the modality, by hint name (the command line and the Slicer module read the same).
 DICOM_HINT_TAGS = {
     "0008|0060": "Modality",
     "0008|0008": "ImageType",
