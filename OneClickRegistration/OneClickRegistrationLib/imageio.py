@@ -49,6 +49,8 @@ QUANTISED_SCAN_MIN_GRADUAL_EDGES = 0.3
 # A user mask must cover at least this volume (a 2 cm cube): smaller, the coarse pyramid
 # levels have no sample inside it and the metric fails.
 MIN_MASK_VOLUME_ML = 8.0
+# resample_onto rounds integer results in slabs of at most this many voxels (64 MB of float32).
+RESAMPLE_SLAB_VOXELS = 16_000_000
 # A mask whose grid differs from its image's by less than this (mm, or direction cosine) is
 # taken as on the image grid (rounding in the headers); otherwise it is resampled onto it.
 GRID_TOLERANCE = 1e-4
@@ -432,7 +434,7 @@ def head_mask(image: sitk.Image) -> sitk.Image:
     view does not pull the threshold.
     """
     low, high = robust_range(image)
-    coarse = shrink_to_spacing(sitk.Clamp(image, sitk.sitkFloat32, low, high), MASK_SPACING_MM)
+    coarse = sitk.Clamp(shrink_to_spacing(image, MASK_SPACING_MM), sitk.sitkFloat32, low, high)
     foreground = sitk.OtsuThreshold(coarse, 0, 1, 128)
     foreground = sitk.BinaryMorphologicalOpening(foreground, _radius_in_voxels(coarse, 2.0))
     components = sitk.RelabelComponent(sitk.ConnectedComponent(foreground), sortByObjectSize=True)
@@ -486,20 +488,30 @@ def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transfo
     get the moving image's minimum (its background), not an arbitrary zero.
     Integer types are interpolated in float and then rounded to the nearest
     integer (halves away from zero) and clamped to the type's range: ITK's own
-    cast truncates (10.9 -> 10).
+    cast truncates (10.9 -> 10).  That is done slab by slab of at most
+    RESAMPLE_SLAB_VOXELS, so a clinical-size fixed grid never has a float copy.
     """
     background = float(sitk.GetArrayViewFromImage(moving).min())
     if not _is_integer_type(moving):
         return sitk.Resample(moving, fixed, transform, interpolator, background, moving.GetPixelID())
     dtype = sitk.GetArrayViewFromImage(moving).dtype
     exact = sitk.sitkFloat32 if dtype.itemsize <= 2 else sitk.sitkFloat64  # float32 holds every 16-bit integer
-    interpolated = sitk.Resample(moving, fixed, transform, interpolator, background, exact)
     limits = np.iinfo(dtype)
-    interpolated_values = sitk.GetArrayViewFromImage(interpolated)
-    halves_away_from_zero = np.copysign(np.floor(np.abs(interpolated_values) + 0.5), interpolated_values)
-    values = np.clip(halves_away_from_zero, limits.min, limits.max).astype(dtype)
+    width, height, depth = fixed.GetSize()
+    values = np.empty((depth, height, width), dtype=dtype)
+    slab = max(1, RESAMPLE_SLAB_VOXELS // (width * height))
+    for first in range(0, depth, slab):
+        count = min(slab, depth - first)
+        reference = sitk.Image([width, height, count], sitk.sitkUInt8)
+        reference.SetSpacing(fixed.GetSpacing())
+        reference.SetDirection(fixed.GetDirection())
+        reference.SetOrigin(fixed.TransformIndexToPhysicalPoint([0, 0, first]))
+        interpolated = sitk.GetArrayViewFromImage(
+            sitk.Resample(moving, reference, transform, interpolator, background, exact))
+        halves_away_from_zero = np.copysign(np.floor(np.abs(interpolated) + 0.5), interpolated)
+        values[first:first + count] = np.clip(halves_away_from_zero, limits.min, limits.max)
     rounded = sitk.GetImageFromArray(values)
-    rounded.CopyInformation(interpolated)
+    rounded.CopyInformation(fixed)
     return rounded
 
 

@@ -155,40 +155,81 @@ def candidate_rotations(max_deg: float, step_deg: float):
     return list(itertools.product(angles, angles, angles))
 
 
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: LinearSettings, *,
-                   fixed_head: sitk.Image, moving_head: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
-                   progress: ProgressCallback = None) -> sitk.Euler3DTransform:
-    """Rigid fixed->moving transform from scratch: centres, rotation search, multi-resolution fit.
+class LinearStages:
+    """The rigid and affine stages of one image pair, sharing their image pyramids.
 
-    The search works on the head masks and rank-normalised head intensities
-    (robust far from the answer); the final fit uses the clamped intensities
-    of the whole image (or of the user's mask), whose optimum is the most
-    precise because the edges of the head count too.
+    fixed, moving: the cropped working copies (working.WorkingImage: float32
+    intensities, head mask, optional user mask).  Each pyramid level is
+    smoothed and subsampled once and then used by every fit at that level:
+    the rotation candidates, the rigid fit and the affine fit.
     """
-    report = _Progress(progress)
-    report.milestone(0.0, "preparing the images")
-    fixed_metric = metric_image(fixed, fixed_head)
-    moving_metric = metric_image(moving, moving_head)
-    start = initial_rigid(fixed_head, moving_head)
-    best = _search_rotations(fixed_metric, moving_metric, fixed_head, moving_head, start, settings, report)
-    fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, best, settings, settings.rigid_iterations,
-                  report, 0.5, 0.5, precise_finest=True)
-    return _as_euler(fitted)
 
+    def __init__(self, fixed, moving, settings: LinearSettings):
+        self.fixed = fixed
+        self.moving = moving
+        self.settings = settings
+        self._fit_images = None
+        self._levels = {}
 
-def register_affine(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform,
-                    settings: LinearSettings, *, fixed_head: sitk.Image, fixed_mask: Optional[sitk.Image] = None,
-                    progress: ProgressCallback = None) -> sitk.AffineTransform:
-    """Affine fixed->moving transform starting from `initial` (the rigid result)."""
-    report = _Progress(progress)
-    report.milestone(0.0, "preparing the images")
-    center = imageio.mask_center(fixed_head)
-    fitted = _fit(fit_image(fixed), fit_image(moving), fixed_mask, _as_affine(initial, center), settings,
-                  settings.affine_iterations, report, 0.0, 1.0)
-    affine = _as_affine(fitted, center)
-    if np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) <= 0:
-        raise InvalidInputError("the affine fit collapsed or mirrored the image; keep the rigid result")
-    return affine
+    def rigid(self, progress: ProgressCallback = None) -> sitk.Euler3DTransform:
+        """Rigid fixed->moving transform from scratch: centres, rotation search, multi-resolution fit.
+
+        The search works on the head masks and rank-normalised head intensities
+        (robust far from the answer); the final fit uses the clamped intensities
+        of the whole working image (or of the user's mask), whose optimum is the
+        most precise because the edges of the head count too.
+        """
+        report = _Progress(progress)
+        report.milestone(0.0, "preparing the images")
+        fixed_head, moving_head = self.fixed.region_mask(), self.moving.region_mask()
+        fixed_metric = metric_image(self.fixed.image, fixed_head)
+        moving_metric = metric_image(self.moving.image, moving_head)
+        start = initial_rigid(fixed_head, moving_head)
+        best = _search_rotations(fixed_metric, moving_metric, fixed_head, moving_head, start, self.settings,
+                                 report)
+        fitted = self._fit(best, self.settings.rigid_iterations, report, 0.5, 0.5, precise_finest=True)
+        return _as_euler(fitted)
+
+    def affine(self, initial: sitk.Transform, progress: ProgressCallback = None) -> sitk.AffineTransform:
+        """Affine fixed->moving transform starting from `initial` (the rigid result)."""
+        report = _Progress(progress)
+        report.milestone(0.0, "preparing the images")
+        center = imageio.mask_center(self.fixed.region_mask())
+        fitted = self._fit(_as_affine(initial, center), self.settings.affine_iterations, report, 0.0, 1.0)
+        affine = _as_affine(fitted, center)
+        if np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) <= 0:
+            raise InvalidInputError("the affine fit collapsed or mirrored the image; keep the rigid result")
+        return affine
+
+    def _fit(self, initial, iterations, report, offset, width, precise_finest=False):
+        """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
+
+        report: the stage's _Progress; the fit covers [offset, offset + width] of the stage.
+        precise_finest: fit the full-resolution level with PRECISE_METRIC_SAMPLES
+        and B-spline interpolation (the rigid stage; see PRECISE_METRIC_SAMPLES).
+        """
+        transform = initial
+        settings = self.settings
+        levels = [level for level in zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations)
+                  if level[2]]
+        for index, (shrink, sigma, count) in enumerate(levels):
+            precise = precise_finest and shrink == 1
+            task = f"refining at {_spacing_text(self.fixed.image, shrink)}"
+            start = offset + width * index / len(levels)
+            report.milestone(start, f"{task}: preparing the images" + (" for cubic interpolation" if precise else ""))
+            level = self._level(shrink, sigma, precise)
+            _, transform = level.fit(settings, count, transform, lambda iteration: report.iteration(
+                start + width * iteration / (count * len(levels)), f"{task}, iteration {iteration}"))
+        return transform
+
+    def _level(self, shrink: int, sigma_mm: float, precise: bool) -> "_PyramidLevel":
+        """The fit pyramid's level (built on first use, then shared by the rigid and affine fits)."""
+        key = (shrink, sigma_mm, precise)
+        if key not in self._levels:
+            if self._fit_images is None:
+                self._fit_images = (fit_image(self.fixed.image), fit_image(self.moving.image))
+            self._levels[key] = _PyramidLevel(*self._fit_images, self.fixed.mask, shrink, sigma_mm, precise)
+        return self._levels[key]
 
 
 def fit_image(image: sitk.Image) -> sitk.Image:
@@ -253,7 +294,9 @@ class _ShapeComparison:
 
     @staticmethod
     def _blurred(mask: sitk.Image) -> sitk.Image:
-        smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(mask, sitk.sitkFloat32), SHAPE_BLUR_MM)
+        """The mask as a blurred shape on a SEARCH_SPACING_MM grid (blurred at a third of that first)."""
+        fractions = imageio.shrink_to_spacing(sitk.Cast(mask, sitk.sitkFloat32), SEARCH_SPACING_MM / 3)
+        smooth = sitk.SmoothingRecursiveGaussian(fractions, SHAPE_BLUR_MM)
         return imageio.shrink_to_spacing(smooth, SEARCH_SPACING_MM)
 
     def correlations(self, transforms) -> np.ndarray:
@@ -296,26 +339,6 @@ def _grid_points(image: sitk.Image) -> np.ndarray:
 def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     return np.linalg.inv(direction * np.asarray(image.GetSpacing()))
-
-
-def _fit(fixed, moving, fixed_mask, initial, settings, iterations, report, offset, width, precise_finest=False):
-    """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
-
-    report: the stage's _Progress; the fit covers [offset, offset + width] of the stage.
-    precise_finest: fit the full-resolution level with PRECISE_METRIC_SAMPLES
-    and B-spline interpolation (the rigid stage; see PRECISE_METRIC_SAMPLES).
-    """
-    transform = initial
-    levels = [level for level in zip(settings.shrink_factors, settings.smoothing_sigmas_mm, iterations) if level[2]]
-    for index, (shrink, sigma, count) in enumerate(levels):
-        precise = precise_finest and shrink == 1
-        task = f"refining at {_spacing_text(fixed, shrink)}"
-        start = offset + width * index / len(levels)
-        report.milestone(start, f"{task}: preparing the images" + (" for cubic interpolation" if precise else ""))
-        level = _PyramidLevel(fixed, moving, fixed_mask, shrink, sigma, precise=precise)
-        _, transform = level.fit(settings, count, transform, lambda iteration: report.iteration(
-            start + width * iteration / (count * len(levels)), f"{task}, iteration {iteration}"))
-    return transform
 
 
 class _PyramidLevel:
@@ -379,6 +402,9 @@ class _PyramidLevel:
             method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
         else:
             method.SetMetricAsCorrelation()
+        # Image gradients are computed at the samples: precomputing them over
+        # whole images (the default for the fixed one) costs more than a level's iterations.
+        method.SetMetricUseFixedImageGradientFilter(False)
         method.SetMetricUseMovingImageGradientFilter(False)
         method.SetMetricSamplingStrategy(method.REGULAR)
         method.SetMetricSamplingPercentage(

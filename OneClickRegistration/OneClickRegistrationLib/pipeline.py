@@ -18,10 +18,12 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from . import deformable, imageio, linear, score
+from . import deformable, imageio, score
 from .errors import InvalidInputError
+from .linear import LinearStages
 from .modality import UNKNOWN, ModalityGuess, identify_modality, parse_modality
 from .presets import Preset, PresetTable, load_preset_table
+from .working import WorkingImage
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +142,16 @@ def register(
     stages = _validated_stage_names(stages)
     imageio.validate_image(fixed, "fixed image")
     imageio.validate_image(moving, "moving image")
-    fixed_f = imageio.as_float32(fixed)
-    moving_f = imageio.as_float32(moving)
     fixed_mask = imageio.validated_mask(fixed_mask, fixed, "fixed mask")
     moving_mask = imageio.validated_mask(moving_mask, moving, "moving mask")
     preset = _preset_argument(preset, preset_table)
 
+    report(0.0, "preparing working copies of the images")
+    fixed_work = WorkingImage.reduced(fixed, fixed_mask)
+    moving_work = WorkingImage.reduced(moving, moving_mask)
     report(0.0, "recognising modalities")
-    fixed_guess = _modality(fixed_f, fixed_modality, fixed_hints)
-    moving_guess = _modality(moving_f, moving_modality, moving_hints)
+    fixed_guess = _modality(fixed_work.image, fixed_modality, fixed_hints)
+    moving_guess = _modality(moving_work.image, moving_modality, moving_hints)
     table = preset_table or load_preset_table()
     pair = (fixed_guess.modality, moving_guess.modality)
     chosen = preset or table.lookup(*pair)  # a pair with an unknown side: the agnostic row
@@ -156,14 +159,11 @@ def register(
     cross_modality = pair[0] != pair[1] or UNKNOWN in pair
     logger.info("fixed %s, moving %s, preset %s", fixed_guess, moving_guess, chosen.name)
 
-    report(0.0, "outlining the heads")
-    fixed_head = imageio.head_mask(fixed_f)
-    moving_head = imageio.head_mask(moving_f)
     report(0.0, "preparing the quality score")
     scorer = score.AlignmentScorer(
-        fixed_f, moving_f, cross_modality=cross_modality,
-        fixed_mask=fixed_mask, moving_mask=moving_mask,
-        fixed_head=fixed_head, moving_head=moving_head,
+        fixed_work.image, moving_work.image, cross_modality=cross_modality,
+        fixed_mask=fixed_work.mask, moving_mask=moving_work.mask,
+        fixed_head=fixed_work.head, moving_head=moving_work.head,
     )
     identity = sitk.Euler3DTransform()
     if imageio.same_image(fixed, moving):
@@ -171,7 +171,7 @@ def register(
             fixed, moving, identity, fixed_guess, moving_guess, chosen, scorer, start, stages
         )
 
-    if imageio.physical_overlap_fraction(fixed_f, moving_f) == 0.0 and "rigid" not in stages:
+    if imageio.physical_overlap_fraction(fixed, moving) == 0.0 and "rigid" not in stages:
         raise imageio.no_overlap_error()
 
     current = identity
@@ -179,16 +179,16 @@ def register(
     report(0.0, "scoring the initial alignment")
     current_score = scorer(current)
     initial_score = current_score
+    # From here on the stages see only the heads: the whole-field copies are released.
+    fixed_work, moving_work = fixed_work.cropped(), moving_work.cropped()
+    linear_stages = LinearStages(fixed_work, moving_work, chosen.linear)
     results = []
     stage_fraction = 1.0 / max(1, len(stages))
     for index, name in enumerate(stages):
         stage_progress = _sub_progress(report, index * stage_fraction, stage_fraction, name)
         stage_start = time.perf_counter()
         with _overlap_loss_as_input_error(name):
-            outcome = _run_stage(
-                name, fixed_f, moving_f, current, chosen, cross_modality,
-                fixed_mask, moving_mask, fixed_head, moving_head, stage_progress,
-            )
+            outcome = _run_stage(name, linear_stages, fixed_work, moving_work, current, chosen, stage_progress)
         if outcome is None:
             continue
         transform, inverse, message = outcome
@@ -224,35 +224,24 @@ def register(
     )
 
 
-def _run_stage(name, fixed, moving, current, preset, cross_modality,
-               fixed_mask, moving_mask, fixed_head, moving_head, progress):
+def _run_stage(name, linear_stages, fixed, moving, current, preset, progress):
     """Run one stage from the current transform; None when it does not apply.
 
-    Returns (whole transform, its inverse, message).
+    fixed, moving: the cropped working copies.  Returns (whole transform, its inverse, message).
     """
     if name == "rigid":
-        rigid = linear.register_rigid(
-            fixed, moving, preset.linear,
-            fixed_head=_and_mask(fixed_mask, fixed_head),
-            moving_head=_and_mask(moving_mask, moving_head),
-            fixed_mask=fixed_mask, progress=progress,
-        )
+        rigid = linear_stages.rigid(progress)
         return rigid, rigid.GetInverse(), ""
     if name == "affine":
-        affine = linear.register_affine(
-            fixed, moving, current, preset.linear,
-            fixed_head=_and_mask(fixed_mask, fixed_head),
-            fixed_mask=fixed_mask, progress=progress,
-        )
+        affine = linear_stages.affine(current, progress)
         return affine, affine.GetInverse(), ""
     if name == "deformable":
         if not preset.deformable_by_default:
             logger.info("deformable stage skipped: preset %s does not run it by default", preset.name)
             return None
         outcome = deformable.register_deformable(
-            fixed, moving, current, preset.deformable,
-            fixed_mask=_and_mask(fixed_mask, fixed_head),
-            progress=progress,
+            fixed.image, moving.image, current, preset.deformable,
+            fixed_mask=fixed.region_mask(), progress=progress,
         )
         forward = sitk.CompositeTransform([current, outcome.forward])
         inverse = sitk.CompositeTransform([outcome.inverse, current.GetInverse()])
@@ -340,18 +329,6 @@ def _validated_stage_names(stages: Sequence[str]) -> tuple:
     if ordered != names:
         raise InvalidInputError(f"stages must run in the order rigid, affine, deformable; got {list(names)}")
     return names
-
-
-def _and_mask(user_mask, head_mask):
-    """The region the metric uses: the automatic head mask, narrowed by the user's mask."""
-    if user_mask is None:
-        return head_mask
-    return sitk.And(user_mask, head_mask) if _same_grid(user_mask, head_mask) else user_mask
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
-            and a.GetOrigin() == b.GetOrigin() and a.GetDirection() == b.GetDirection())
 
 
 def _progress_reporter(progress: Optional[ProgressCallback]) -> ProgressCallback:

@@ -120,8 +120,8 @@ class AlignmentScorer:
         self.grid = shrink_to_spacing(fixed, SCORING_SPACING_MM)
         sigma = max(self.grid.GetSpacing()) / 2.0
         self._spacing_zyx = tuple(reversed(self.grid.GetSpacing()))
-        fixed_smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(fixed, sitk.sitkFloat32), sigma)
-        self._moving_smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(moving, sitk.sitkFloat32), sigma)
+        fixed_smooth = sitk.SmoothingRecursiveGaussian(_as_float32(fixed), sigma)
+        self._moving_smooth = sitk.SmoothingRecursiveGaussian(_as_float32(moving), sigma)
         self._fixed = self._on_grid(fixed_smooth, sitk.Transform(3, sitk.sitkIdentity))
         self._fixed_region = self._mask_on_grid(fixed_head, sitk.Transform(3, sitk.sitkIdentity))
         self._fixed_user = (self._mask_on_grid(fixed_mask, sitk.Transform(3, sitk.sitkIdentity))
@@ -129,10 +129,12 @@ class AlignmentScorer:
         self._moving_head = moving_head
         self._moving_mask = moving_mask
         self._fixed_eps = _mean_gradient_magnitude(self._fixed, self._spacing_zyx, self._fixed_region)
-        moving_array = sitk.GetArrayViewFromImage(self._moving_smooth)
-        moving_head_array = sitk.GetArrayViewFromImage(moving_head).astype(bool)
+        # The moving image's edge scale, measured like the fixed one's: on its own grid coarsened to the score's.
+        moving_coarse = shrink_to_spacing(self._moving_smooth, SCORING_SPACING_MM)
+        moving_head_coarse = sitk.GetArrayViewFromImage(shrink_to_spacing(moving_head, SCORING_SPACING_MM)) > 0
         self._moving_eps = _mean_gradient_magnitude(
-            moving_array, tuple(reversed(moving.GetSpacing())), moving_head_array)
+            sitk.GetArrayViewFromImage(moving_coarse), tuple(reversed(moving_coarse.GetSpacing())),
+            moving_head_coarse)
         self._n_fixed = normalized_gradient(self._fixed, self._spacing_zyx, self._fixed_eps)
         kind = "structure NCC (normalised-gradient tensors)" if cross_modality else "intensity NCC"
         self.description = (
@@ -170,6 +172,11 @@ class AlignmentScorer:
     def _mask_on_grid(self, mask: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         resampled = sitk.Resample(mask, self.grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         return sitk.GetArrayViewFromImage(resampled).astype(bool)
+
+
+def _as_float32(image: sitk.Image) -> sitk.Image:
+    """`image` itself when it is float32 already (no copy), else a float32 copy."""
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _interior(inside: np.ndarray) -> np.ndarray:
