@@ -182,11 +182,8 @@ class LinearStages:
         report = _Progress(progress)
         report.milestone(0.0, "preparing the images")
         fixed_head, moving_head = self.fixed.region_mask(), self.moving.region_mask()
-        fixed_metric = metric_image(self.fixed.image, fixed_head)
-        moving_metric = metric_image(self.moving.image, moving_head)
         start = initial_rigid(fixed_head, moving_head)
-        best = _search_rotations(fixed_metric, moving_metric, fixed_head, moving_head, start, self.settings,
-                                 report)
+        best = _search_rotations(self._search_level, fixed_head, moving_head, start, self.settings, report)
         fitted = self._fit(best, self.settings.rigid_iterations, report, 0.5, 0.5, precise_finest=True)
         return _as_euler(fitted)
 
@@ -222,14 +219,22 @@ class LinearStages:
                 start + width * iteration / (count * len(levels)), f"{task}, iteration {iteration}"))
         return transform
 
-    def _level(self, shrink: int, sigma_mm: float, precise: bool) -> "_PyramidLevel":
+    def _level(self, shrink: int, sigma_mm: float, precise: bool = False) -> "_PyramidLevel":
         """The fit pyramid's level (built on first use, then shared by the rigid and affine fits)."""
         key = (shrink, sigma_mm, precise)
         if key not in self._levels:
             if self._fit_images is None:
                 self._fit_images = (fit_image(self.fixed.image), fit_image(self.moving.image))
-            self._levels[key] = _PyramidLevel(*self._fit_images, self.fixed.mask, shrink, sigma_mm, precise)
+            fixed, moving = (_smoothed_and_shrunk(image, shrink, sigma_mm) for image in self._fit_images)
+            self._levels[key] = _PyramidLevel(fixed, moving, self.fixed.mask, shrink, precise)
         return self._levels[key]
+
+    def _search_level(self, fixed_head: sitk.Image, moving_head: sitk.Image) -> "_PyramidLevel":
+        """The coarsest fit level rank-normalised within the heads (see metric_image), metric in the fixed head."""
+        coarse = self._level(max(self.settings.shrink_factors), max(self.settings.smoothing_sigmas_mm))
+        fixed = metric_image(coarse.fixed, imageio.on_grid_of(fixed_head, coarse.fixed))
+        moving = metric_image(coarse.moving, imageio.on_grid_of(moving_head, coarse.moving))
+        return _PyramidLevel(fixed, moving, fixed_head, coarse.shrink)
 
 
 def fit_image(image: sitk.Image) -> sitk.Image:
@@ -239,14 +244,15 @@ def fit_image(image: sitk.Image) -> sitk.Image:
     return sitk.Clamp(image, sitk.sitkFloat32, low, high)
 
 
-def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, report):
+def _search_rotations(search_level, fixed_mask, moving_mask, start, settings, report):
     """Best rigid start: rotations scored on head shape, the best few refined on intensities.
 
     Mutual information has a narrow basin (a few degrees at a coarse scale),
     so a grid of rotations scored with it misses the truth between grid
     points.  The head's shape, blurred, has a basin tens of degrees wide and
     looks alike in every modality: it ranks the grid; the top candidates are
-    then fitted on shape and on intensities, and the best intensity match wins.
+    then fitted on shape and on intensities (search_level(fixed_mask, moving_mask):
+    the coarse pyramid level), and the best intensity match wins.
     """
     report.milestone(0.05, "searching rotations: outlining the heads")
     shape = _ShapeComparison(fixed_mask, moving_mask)
@@ -255,8 +261,9 @@ def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, r
     scores = shape.correlations([_rotated(start, angles) for angles in rotations])
     order = np.argsort(-scores, kind="stable")[:REFINED_CANDIDATES]
     shrink = max(settings.shrink_factors)
-    report.milestone(0.09, f"searching rotations: preparing the {_spacing_text(fixed, shrink)} images")
-    coarse = _PyramidLevel(fixed, moving, fixed_mask, shrink, max(settings.smoothing_sigmas_mm))
+    spacing = _spacing_text(fixed_mask, shrink)
+    report.milestone(0.09, f"searching rotations: preparing the {spacing} images")
+    coarse = search_level(fixed_mask, moving_mask)
     refined = []
     for rank, index in enumerate(order):
         task = f"searching rotations, candidate {rank + 1} of {len(order)}"
@@ -266,7 +273,7 @@ def _search_rotations(fixed, moving, fixed_mask, moving_mask, start, settings, r
             f"{task}: matching head outlines, iteration {iteration}"))
         value, result = coarse.fit(settings, COARSE_REFINE_ITERATIONS, candidate, lambda iteration: report.iteration(
             offset + width * (0.5 + 0.5 * iteration / COARSE_REFINE_ITERATIONS),
-            f"{task}: matching at {_spacing_text(fixed, shrink)}, iteration {iteration}"))
+            f"{task}: matching at {spacing}, iteration {iteration}"))
         refined.append((value, rank, _as_euler(result)))
     best_value, _, best = min(refined, key=lambda item: (item[0], item[1]))
     logger.info("rotation search: %d rotations, best coarse metric %.4f", len(rotations), best_value)
@@ -344,26 +351,23 @@ def _physical_to_index_matrix(image: sitk.Image) -> np.ndarray:
 class _PyramidLevel:
     """One pyramid level: both images smoothed and subsampled once, every fit at this level runs on them.
 
-    Doing the pyramid here rather than in SimpleITK lets several fits (the
-    rotation candidates) share one smoothing of the full images.
+    fixed, moving: the level's images (see _smoothed_and_shrunk); fixed_mask:
+    where the metric samples the fixed image (None: everywhere); shrink: the
+    level's subsampling factor relative to the finest level.  Doing the
+    pyramid here rather than in SimpleITK lets several fits (the rotation
+    candidates, the rigid and affine stages) share one smoothing.
     """
 
-    def __init__(self, fixed, moving, fixed_mask, shrink: int, sigma_mm: float, precise: bool = False):
+    def __init__(self, fixed, moving, fixed_mask, shrink: int, precise: bool = False):
         self.shrink = shrink
         self.max_samples = PRECISE_METRIC_SAMPLES if precise else MAX_METRIC_SAMPLES
         self.interpolator = sitk.sitkBSpline if precise else sitk.sitkLinear
         self.mask = fixed_mask
-        self.voxels = (int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))) if fixed_mask is not None
-                       else int(np.prod(fixed.GetSize())))
-        self.fixed = self._reduced(fixed, shrink, sigma_mm)
-        self.moving = self._reduced(moving, shrink, sigma_mm)
-
-    @staticmethod
-    def _reduced(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
-        """Smoothed by sigma_mm, then subsampled to about `shrink` times the finest spacing."""
-        smoothed = sitk.SmoothingRecursiveGaussian(image, sigma_mm) if sigma_mm > 0 else image
-        factors = _shrink_factors(image, shrink)
-        return sitk.Shrink(smoothed, factors) if max(factors) > 1 else smoothed
+        # Voxels of this level the metric may sample.
+        self.voxels = (int(np.count_nonzero(sitk.GetArrayViewFromImage(imageio.on_grid_of(fixed_mask, fixed))))
+                       if fixed_mask is not None else int(np.prod(fixed.GetSize())))
+        self.fixed = fixed
+        self.moving = moving
 
     def fit(self, settings: LinearSettings, iterations: int, initial: sitk.Transform,
             on_iteration: Callable[[int], None]):
@@ -408,7 +412,7 @@ class _PyramidLevel:
         method.SetMetricUseMovingImageGradientFilter(False)
         method.SetMetricSamplingStrategy(method.REGULAR)
         method.SetMetricSamplingPercentage(
-            min(settings.sampling_fraction, self.max_samples * self.shrink ** 3 / max(self.voxels, 1)),
+            min(settings.sampling_fraction, self.max_samples / max(self.voxels, 1)),
             SAMPLING_SEED)
         if self.mask is not None:
             method.SetMetricFixedMask(self.mask)
@@ -418,6 +422,24 @@ class _PyramidLevel:
             relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
         method.SetOptimizerScalesFromPhysicalShift()
         return method
+
+
+def _smoothed_and_shrunk(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
+    """`image` smoothed by a Gaussian of sigma_mm and subsampled to about `shrink` times its finest spacing.
+
+    Block averaging (BinShrink) does the subsampling and the first part of the
+    smoothing in one pass over the full image (a block of f voxels of s mm is
+    a box filter of variance (f^2 - 1) s^2 / 12); the Gaussian then adds the
+    rest on the small grid.  Smoothing the full image first would cost a full
+    pass per level and per sigma.
+    """
+    factors = _shrink_factors(image, shrink)
+    if max(factors) == 1:
+        return sitk.SmoothingRecursiveGaussian(image, sigma_mm) if sigma_mm > 0 else image
+    box_variance = max((f * f - 1) * s * s / 12.0 for f, s in zip(factors, image.GetSpacing()))
+    shrunk = sitk.BinShrink(image, factors)
+    rest = math.sqrt(max(0.0, sigma_mm ** 2 - box_variance))
+    return sitk.SmoothingRecursiveGaussian(shrunk, rest) if rest > 0 else shrunk
 
 
 def _shrink_factors(image: sitk.Image, shrink: int) -> list:
