@@ -296,7 +296,7 @@ def test_preset_by_name(small_pair):
 # ---------------------------------------------------------------- cancelling through the API (item 4)
 
 
-@pytest.mark.parametrize("step", ["recognising", "outlining", "preparing the quality score", "scoring the initial",
+@pytest.mark.parametrize("step", ["preparing working copies", "recognising", "preparing the quality score", "scoring the initial",
                                   "rigid:", "affine:", "deformable:", "resampling"])
 def test_cancel_raises_registration_cancelled_at_every_step(small_pair, step):
     """RegistrationCancelled from the progress callback comes out as itself, whatever step is running."""

@@ -4,9 +4,14 @@ Builds one small known-answer case from the MNI templates and scores three
 mappings with the benchmark's own scoring code: the identity (its error must
 equal the known misalignment), the true mapping (error ~0) and the SimpleITK
 textbook adapter (its error must match a direct TransformPoint evaluation).
+The clinical-size section's builder is checked on small grids (its images
+agree with its truth, whichever image carries the motion), and so are its
+checks and the sampler that says where our memory peaks.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -14,8 +19,8 @@ import SimpleITK as sitk
 
 from conftest import shared_file
 
-from benchmarks import cases, methods
-from benchmarks.worker import evaluate_case
+from benchmarks import cases, clinical, methods
+from benchmarks.worker import PeakSampler, evaluate_case
 
 PAIR = cases.PAIRS[2]  # MNI T1 -> T2: small (2 mm) volumes
 
@@ -75,3 +80,72 @@ def test_simpleitk_adapter_error_matches_direct_evaluation(small_case):
     direct = np.array([transform.TransformPoint(tuple(p)) for p in truth["points"]]) - truth["truth"]
     np.testing.assert_allclose(row["errors"], np.linalg.norm(direct, axis=1), atol=1e-3)
     assert np.median(row["errors"]) < 2.0, "the textbook setup should recover a small rigid motion"
+
+
+# ---------------------------------------------------------------- clinical-size section
+
+STROKE_T1 = "cstar_stroke_t1_t2_flair/T1.nii.gz"
+
+
+@pytest.mark.parametrize("moved", ["fixed", "moving"])
+def test_clinical_case_images_agree_with_their_truth(tmp_path, moved):
+    """Resampling the moving image through the stored truth gives back the fixed image."""
+    source = shared_file(STROKE_T1)
+    spec = clinical.ClinicalSpec("tiny", STROKE_T1, clinical.Grid((70, 84, 74), 2.0), clinical.Grid((96, 96, 96), 2.0),
+                                 cases.Level("30deg/20mm", (30.0, 30.0), (20.0, 20.0)), moved, None, False, "test")
+    case = clinical.build_clinical_case(source.parents[1], tmp_path, spec, seed=0, number=0)
+    fixed = sitk.ReadImage(case.fixed_path, sitk.sitkFloat32)
+    moving = sitk.ReadImage(case.moving_path, sitk.sitkFloat32)
+    assert moving.GetSize() == (96, 96, 96) and sitk.ReadImage(case.moving_path).GetPixelID() == sitk.sitkInt16
+    truth = case.truth()
+    solution, *_ = np.linalg.lstsq(np.c_[truth["points"], np.ones(len(truth["points"]))], truth["truth"], rcond=None)
+    true_transform = sitk.AffineTransform(solution[:3].T.ravel().tolist(), solution[3].tolist())
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(case.mask_path)) > 0
+    values = sitk.GetArrayFromImage(fixed)[mask]
+
+    def correlation(transform):
+        resampled = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear))[mask]
+        return np.corrcoef(values, resampled)[0, 1]
+
+    assert case.rotation_degrees == pytest.approx(30.0) and case.translation_mm == pytest.approx(20.0)
+    assert correlation(true_transform) > 0.95
+    assert correlation(sitk.Euler3DTransform()) < 0.7
+
+
+def _clinical_summary(method, tool, **values):
+    summary = {"kind": clinical.KIND, "pair": clinical.SPECS[1].name, "method": method, "tool": tool,
+               "status": "ok", "seconds": 10.0, "peak_mb": 1000.0, "tre_median": 0.5}
+    summary.update(values)
+    return summary
+
+
+def test_clinical_checks_memory_speed_and_accuracy():
+    summaries = [
+        _clinical_summary("ours chain", "ours", seconds=20.0, peak_mb=2100.0, peak_step="rigid: refining"),
+        _clinical_summary("ours rigid", "ours", tre_median=0.58),
+        _clinical_summary("elastix rigid", "elastix", seconds=30.0, tre_median=0.45),
+        _clinical_summary("Greedy rigid", "Greedy", seconds=None, tre_median=None, status="1 timeout"),
+    ]
+    checks = {text: passed for passed, text in clinical.clinical_checks(summaries, clinical.SPECS[1:2])}
+    name = clinical.SPECS[1].name
+    assert checks[f"ours chain, {name}: peak 2100 MB during 'rigid: refining' (< 2000 MB)"] is False
+    assert checks[f"ours rigid, {name}: peak 1000 MB (< 2000 MB)"] is True
+    assert checks[f"ours chain vs elastix rigid, {name}: the peer takes 1.50x ours' time "
+                  "(ours 20.0 s, elastix rigid 30.0 s)"] is True
+    assert checks[f"ours chain vs Greedy rigid, {name}: ours 20.0 s, peer 1 timeout"] is True
+    assert checks[f"ours chain, {name}: median TRE 0.50 mm vs best peer elastix rigid 0.45 mm (tolerance 0.1 mm)"]
+    assert not checks[f"ours rigid, {name}: median TRE 0.58 mm vs best peer elastix rigid 0.45 mm (tolerance 0.1 mm)"]
+
+
+def test_peak_sampler_names_the_step_running_at_the_peak():
+    with PeakSampler("before") as sampler:
+        time.sleep(0.1)
+        sampler.progress(0.5, "holding 300 MB")
+        held = np.ones(300 * 2**20 // 8)
+        time.sleep(0.2)
+        sampler.sample()
+        del held
+        sampler.progress(1.0, "after")
+        time.sleep(0.1)
+    assert sampler.peak_step == "holding 300 MB"
+    assert sampler.peak_mb > 300

@@ -256,7 +256,7 @@ def _assert_cancelled(command, signum, sent, out, before):
     return seconds
 
 
-MOMENTS = [("recognising modalities", signal.SIGTERM), ("outlining the heads", signal.SIGINT),
+MOMENTS = [("recognising modalities", signal.SIGTERM), ("preparing working copies", signal.SIGINT),
            ("rigid: searching rotations", signal.SIGINT), ("rigid: refining", signal.SIGTERM),
            ("affine:", signal.SIGTERM), ("deformable:", signal.SIGINT)]
 

@@ -13,7 +13,10 @@ so a peer that is not installed only makes its own methods "missing".
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
+
+from .worker import PeakSampler
 
 THREADS = 2
 
@@ -41,7 +46,7 @@ class Method:
     """A registration method as the benchmark runs it."""
 
     name: str
-    tool: str  # "ours", "SimpleITK", "ANTsPy", "elastix"
+    tool: str  # "ours", "SimpleITK", "ANTsPy", "elastix", "Greedy"
     variant: str  # "rigid", "affine" or "chain"
     requires: str  # module that must import
     run: Callable[[str, str], Mapping]
@@ -69,17 +74,22 @@ def limit_threads() -> None:
 # ---------------------------------------------------------------- ours
 
 def _ours(stages: tuple) -> Callable[[str, str], Mapping]:
+    """Our register() with `stages`; its details say during which progress step memory peaked."""
     def run(fixed_path: str, moving_path: str) -> Mapping:
         from OneClickRegistrationLib import register
-        fixed, moving = sitk.ReadImage(fixed_path), sitk.ReadImage(moving_path)
-        start = time.perf_counter()
-        result = register(fixed, moving, stages=stages)
-        seconds = time.perf_counter() - start
+        with PeakSampler("reading the images") as sampler:
+            fixed, moving = sitk.ReadImage(fixed_path), sitk.ReadImage(moving_path)
+            sampler.progress(0.0, "register(): checking and converting the inputs")
+            start = time.perf_counter()
+            result = register(fixed, moving, stages=stages, progress=sampler.progress)
+            seconds = time.perf_counter() - start
         details = {
             "stages": {stage.name: {"seconds": round(stage.seconds, 3), "accepted": stage.accepted,
                                     "message": stage.message} for stage in result.stages},
             "preset": result.preset.name,
             "modalities": [result.fixed_modality.modality, result.moving_modality.modality],
+            "peak_step": sampler.peak_step,
+            "sampled_peak_mb": round(sampler.peak_mb, 1),
         }
         return Mapping(seconds, transform=result.transform, details=details)
     return run
@@ -207,6 +217,59 @@ def _elastix(maps: tuple) -> Callable[[str, str], Mapping]:
     return run
 
 
+# ---------------------------------------------------------------- Greedy (picsl-greedy)
+
+# Rigid: image centres matched, then Greedy's random search over any rotation (1000 tries,
+# 10 mm shifts) before its NMI optimisation; affine and deformable start from the previous
+# result (-ia, -it), as Greedy's quick start chains them.  NMI throughout, since the
+# benchmark's pairs are mostly cross-modality; -sv is the quick start's diffeomorphic mode.
+GREEDY_RIGID = "-a -dof 6 -ia-image-centers -search 1000 any 10 -m NMI -n 100x50x10"
+GREEDY_AFFINE = "-a -dof 12 -ia rigid -m NMI -n 100x50x10"
+GREEDY_DEFORMABLE = "-it affine -m NMI -sv -n 100x50x10"
+
+
+def _greedy(chain: bool) -> Callable[[str, str], Mapping]:
+    """Greedy rigid (with its rotation search), or rigid then affine then deformable."""
+    def run(fixed_path: str, moving_path: str) -> Mapping:
+        from picsl_greedy import Greedy3D
+        fixed = sitk.ReadImage(fixed_path, sitk.sitkFloat32)
+        moving = sitk.ReadImage(moving_path, sitk.sitkFloat32)
+        greedy = Greedy3D()
+        common = f"-threads {THREADS} -seed 1 -V 0"
+        with _console_silenced():
+            start = time.perf_counter()
+            greedy.execute(f"{common} -i fixed moving {GREEDY_RIGID} -o rigid",
+                           fixed=fixed, moving=moving, rigid=None)
+            transforms = "rigid"
+            if chain:
+                greedy.execute(f"{common} -i fixed moving {GREEDY_AFFINE} -o affine", affine=None)
+                greedy.execute(f"{common} -i fixed moving {GREEDY_DEFORMABLE} -o warp", warp=None)
+                transforms = "warp affine"
+            seconds = time.perf_counter() - start
+            # Greedy composes its transforms into one displacement field on the fixed grid (LPS mm).
+            greedy.execute(f"{common} -rf fixed -rc composed -r {transforms}", composed=None)
+        displacement = sitk.GetArrayFromImage(greedy["composed"]).astype(np.float64)
+        return Mapping(seconds, displacement=displacement)
+    return run
+
+
+@contextlib.contextmanager
+def _console_silenced():
+    """Send what a compiled library prints on standard output to /dev/null meanwhile.
+
+    Greedy prints its rotation search and optimiser messages even at -V 0.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 # ---------------------------------------------------------------- the list
 
 METHODS = (
@@ -224,6 +287,8 @@ METHODS = (
     Method("elastix rigid", "elastix", "rigid", "itk", _elastix(("rigid",))),
     Method("elastix affine", "elastix", "affine", "itk", _elastix(("rigid", "affine"))),
     Method("elastix chain", "elastix", "chain", "itk", _elastix(("rigid", "affine", "bspline"))),
+    Method("Greedy rigid", "Greedy", "rigid", "picsl_greedy", _greedy(chain=False)),
+    Method("Greedy chain", "Greedy", "chain", "picsl_greedy", _greedy(chain=True)),
 )
 
 

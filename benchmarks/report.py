@@ -5,14 +5,15 @@ of a method and pair.  A case is a failure when its 95th-percentile TRE is
 above FAILURE_MM, or when the method raised an error or ran out of time.
 Times are the median wall time of the registration call over the pair's
 cases; "x ours" divides it by the median of our method of the same kind on
-the same pair, measured in the same run.
+the same pair, measured in the same run (in the clinical-size section: by our
+default chain's time on the same case).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -20,7 +21,8 @@ import numpy as np
 
 FAILURE_MM = 5.0
 VARIANT_ORDER = {"rigid": 0, "affine": 1, "chain": 2}
-TOOL_ORDER = {"ours": 0, "SimpleITK": 1, "ANTsPy": 2, "elastix": 3}
+TOOL_ORDER = {"ours": 0, "SimpleITK": 1, "ANTsPy": 2, "elastix": 3, "Greedy": 4}
+CLINICAL = "clinical"  # the clinical-size section's kind of case
 
 
 def case_row(method, case: dict, outcome: dict, initial_errors: np.ndarray) -> dict:
@@ -67,8 +69,9 @@ def _summary(key: tuple, group: list, errors: dict) -> dict:
     ok = [row for row in group if row["status"] == "ok"]
     pooled = np.concatenate([errors[(method, row["case"])] for row in ok]) if ok else np.array([])
     jacobians = [row["min_jacobian"] for row in ok if row.get("min_jacobian") is not None]
+    highest = max(ok, key=lambda row: row["peak_mb"]) if ok else {}
     summary.update(
-        status="ok" if len(ok) == len(group) else f"{len(group) - len(ok)} errors",
+        status=_status(group),
         failures=sum(bool(row["failed"]) for row in group),
         tre_median=_round(np.median(pooled)) if pooled.size else None,
         tre_p95=_round(np.percentile(pooled, 95)) if pooled.size else None,
@@ -76,16 +79,25 @@ def _summary(key: tuple, group: list, errors: dict) -> dict:
         min_jacobian=_round(min(jacobians), 3) if jacobians else None,
         seconds=_round(np.median([row["seconds"] for row in ok])) if ok else None,
         cores_used=_round(np.median([row["cpu_seconds"] / row["seconds"] for row in ok])) if ok else None,
-        peak_mb=_round(max(row["peak_mb"] for row in ok), 0) if ok else None,
+        peak_mb=_round(highest["peak_mb"], 0) if ok else None,
+        peak_step=(highest.get("details") or {}).get("peak_step") if ok else None,
     )
     return summary
 
 
+def _status(group: list) -> str:
+    """The group's outcome: ok, or how many cases ended otherwise and how ("1 timeout, 2 error")."""
+    counts = Counter(row["status"] for row in group if row["status"] != "ok")
+    return ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "ok"
+
+
 def _add_time_ratios(summaries: list) -> None:
+    """time_vs_ours: time / ours' of the same variant, or / ours chain's in the clinical section."""
     ours = {(s["kind"], s["pair"], s["variant"]): s.get("seconds")
             for s in summaries if s["tool"] == "ours"}
     for summary in summaries:
-        reference = ours.get((summary["kind"], summary["pair"], summary["variant"]))
+        variant = "chain" if summary["kind"] == CLINICAL else summary["variant"]
+        reference = ours.get((summary["kind"], summary["pair"], variant))
         seconds = summary.get("seconds")
         summary["time_vs_ours"] = _round(seconds / reference) if seconds and reference else None
 
@@ -144,8 +156,9 @@ def _jsonable(value):
 def markdown_report(summaries: list, rows: list, speed: Optional[dict], checks: list, meta: dict) -> str:
     """The tables README.md shows, exactly as `make bench` prints them."""
     parts = [f"Command: `{meta['command']}` ({meta['when']}, {meta['machine']}, "
-             f"{meta['threads']} threads per method, total {meta['total_minutes']:.1f} min)", "",
-             f"Cases: {meta['plan']}.", ""]
+             f"{meta['threads']} threads per method, total {meta['total_minutes']:.1f} min)", ""]
+    if meta.get("plan"):
+        parts += [f"Cases: {meta['plan']}.", ""]
     for kind, title in (("rigid", "Rigid misalignment (header only)"),
                         ("deformable", "Rigid misalignment + smooth deformation (one resampling)")):
         chosen = [s for s in summaries if s["kind"] == kind]
@@ -156,6 +169,10 @@ def markdown_report(summaries: list, rows: list, speed: Optional[dict], checks: 
         parts += ["**Rigid-case failures by misalignment level** (all pairs)", "", *levels, ""]
     if speed:
         parts += ["**Full-resolution speed case**", "", *_speed_table(speed), ""]
+    clinical = [s for s in summaries if s["kind"] == CLINICAL]
+    if clinical:
+        parts += ["**Clinical-size cases** (each method in a fresh process per case)", "",
+                  *[f"- {line}" for line in meta.get("clinical", [])], "", *_clinical_table(clinical), ""]
     if checks:
         parts += ["**Checks**", "", *[f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in checks], ""]
     parts += [f"TRE: error in mm at {meta['points']} head points per case, pooled over the cases; "
@@ -163,6 +180,10 @@ def markdown_report(summaries: list, rows: list, speed: Optional[dict], checks: 
               "Time: median wall time of the registration call; x ours: that time divided by ours "
               "of the same kind on the same pair. Cores: CPU time / wall time. "
               "Memory: peak resident memory of the method's process."]
+    if clinical:
+        parts[-1] += (" Clinical-size cases: x ours chain is the time divided by our default chain's "
+                      "on the same case; where ours peaked: our progress step running when the "
+                      "largest resident memory was sampled (every 20 ms).")
     return "\n".join(parts) + "\n"
 
 
@@ -188,6 +209,23 @@ def _summary_table(summaries: Iterable[dict]) -> list:
                  _cell(s["tre_max"]), f"{s['failures']}" + ("" if s["status"] == "ok" else f" ({s['status']})"),
                  _cell(s["min_jacobian"], 3), _cell(s["seconds"], 1), _cell(s["time_vs_ours"]),
                  _cell(s["cores_used"], 1), _cell(s["peak_mb"], 0)]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
+
+
+def _clinical_table(summaries: Iterable[dict]) -> list:
+    """One row per (case, method): errors, time, time / ours chain's, peak memory and where ours peaked."""
+    header = ("| case | method | median TRE | p95 TRE | max TRE | failures | time s | x ours chain "
+              "| peak MB | where ours peaked |")
+    lines = [header, "|" + "---|" * 10]
+    for s in summaries:
+        if s["status"] == "missing":
+            lines.append(f"| {s['pair']} | {s['method']} | missing (not installed) | | | | | | | |")
+            continue
+        cells = [s["pair"], s["method"], _cell(s["tre_median"]), _cell(s["tre_p95"]), _cell(s["tre_max"]),
+                 f"{s['failures']}" + ("" if s["status"] == "ok" else f" ({s['status']})"),
+                 _cell(s["seconds"], 1), _cell(s["time_vs_ours"]), _cell(s["peak_mb"], 0),
+                 s.get("peak_step") or "-"]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return lines
 

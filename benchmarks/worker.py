@@ -6,6 +6,7 @@ evaluates cases one at a time.  Before each case the child resets its
 peak-RSS counter (Linux /proc/self/clear_refs), so `peak_mb` is that case's
 peak resident memory of the whole process, libraries included.  A case that
 runs past the time limit kills the child; the next case gets a fresh one.
+`PeakSampler` tells during which step of a method that peak happens.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import threading
 import traceback
 from typing import Optional
 
@@ -170,3 +172,54 @@ def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
+
+def resident_memory_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc/self/statm; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class PeakSampler:
+    """The largest resident memory seen while a method runs, and the step running at that moment.
+
+    A thread samples the resident memory every INTERVAL_S; `progress` (a
+    register() progress callback, or called by hand) names the step running
+    now.  A spike shorter than the interval, or inside a call that holds the
+    GIL, is attributed to the step seen right after it.
+    """
+
+    INTERVAL_S = 0.02
+
+    def __init__(self, step: str):
+        self.step = step
+        self.peak_mb = 0.0
+        self.peak_step: Optional[str] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak sampler", daemon=True)
+
+    def progress(self, fraction: float, message: str) -> None:
+        """Name the step running from now on (the fraction is not used)."""
+        self.step = message
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.INTERVAL_S):
+                return
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        resident = resident_memory_mb()
+        if resident > self.peak_mb:
+            self.peak_mb, self.peak_step = resident, self.step

@@ -506,8 +506,8 @@ def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transfo
         reference.SetSpacing(fixed.GetSpacing())
         reference.SetDirection(fixed.GetDirection())
         reference.SetOrigin(fixed.TransformIndexToPhysicalPoint([0, 0, first]))
-        interpolated = sitk.GetArrayViewFromImage(
-            sitk.Resample(moving, reference, transform, interpolator, background, exact))
+        slab_image = sitk.Resample(moving, reference, transform, interpolator, background, exact)
+        interpolated = sitk.GetArrayViewFromImage(slab_image)  # a view: slab_image must outlive it
         halves_away_from_zero = np.copysign(np.floor(np.abs(interpolated) + 0.5), interpolated)
         values[first:first + count] = np.clip(halves_away_from_zero, limits.min, limits.max)
     rounded = sitk.GetImageFromArray(values)

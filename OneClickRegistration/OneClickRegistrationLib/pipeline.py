@@ -147,8 +147,8 @@ def register(
     preset = _preset_argument(preset, preset_table)
 
     report(0.0, "preparing working copies of the images")
-    fixed_work = WorkingImage.reduced(fixed, fixed_mask)
-    moving_work = WorkingImage.reduced(moving, moving_mask)
+    fixed_work = WorkingImage.of(fixed, fixed_mask)
+    moving_work = WorkingImage.of(moving, moving_mask)
     report(0.0, "recognising modalities")
     fixed_guess = _modality(fixed_work.image, fixed_modality, fixed_hints)
     moving_guess = _modality(moving_work.image, moving_modality, moving_hints)
@@ -163,7 +163,7 @@ def register(
     scorer = score.AlignmentScorer(
         fixed_work.image, moving_work.image, cross_modality=cross_modality,
         fixed_mask=fixed_work.mask, moving_mask=moving_work.mask,
-        fixed_head=fixed_work.head, moving_head=moving_work.head,
+        fixed_head=fixed_work.head, moving_head=moving_work.head, moving_domain=moving,
     )
     identity = sitk.Euler3DTransform()
     if imageio.same_image(fixed, moving):
@@ -179,8 +179,6 @@ def register(
     report(0.0, "scoring the initial alignment")
     current_score = scorer(current)
     initial_score = current_score
-    # From here on the stages see only the heads: the whole-field copies are released.
-    fixed_work, moving_work = fixed_work.cropped(), moving_work.cropped()
     linear_stages = LinearStages(fixed_work, moving_work, chosen.linear)
     results = []
     stage_fraction = 1.0 / max(1, len(stages))
@@ -227,7 +225,7 @@ def register(
 def _run_stage(name, linear_stages, fixed, moving, current, preset, progress):
     """Run one stage from the current transform; None when it does not apply.
 
-    fixed, moving: the cropped working copies.  Returns (whole transform, its inverse, message).
+    fixed, moving: the working copies.  Returns (whole transform, its inverse, message).
     """
     if name == "rigid":
         rigid = linear_stages.rigid(progress)

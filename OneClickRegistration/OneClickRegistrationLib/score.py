@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .imageio import shrink_to_spacing
+from .imageio import robust_range, shrink_to_spacing
 
 # A later stage counts as "not worse" when it loses less than this.
 TOLERANCE = 1e-3
@@ -115,9 +115,16 @@ class AlignmentScorer:
 
     def __init__(self, fixed: sitk.Image, moving: sitk.Image, *, cross_modality: bool,
                  fixed_head: sitk.Image, moving_head: sitk.Image,
-                 fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None):
+                 fixed_mask: Optional[sitk.Image] = None, moving_mask: Optional[sitk.Image] = None,
+                 moving_domain: Optional[sitk.Image] = None):
+        """moving_domain: the image whose domain `moving` was cropped from (only its geometry is read);
+        its points outside the crop count as background (`moving`'s 0.5th percentile)."""
         self.cross_modality = cross_modality
+        self._domain = None if moving_domain is None or _same_geometry(moving_domain, moving) else (
+            _physical_to_index(moving_domain), np.asarray(moving_domain.GetSize()))
+        self._background = robust_range(moving)[0]
         self.grid = shrink_to_spacing(fixed, SCORING_SPACING_MM)
+        self._grid_points = None if self._domain is None else _voxel_centres(self.grid)
         sigma = max(self.grid.GetSpacing()) / 2.0
         self._spacing_zyx = tuple(reversed(self.grid.GetSpacing()))
         fixed_smooth = sitk.SmoothingRecursiveGaussian(_as_float32(fixed), sigma)
@@ -131,7 +138,7 @@ class AlignmentScorer:
         self._fixed_eps = _mean_gradient_magnitude(self._fixed, self._spacing_zyx, self._fixed_region)
         # The moving image's edge scale, measured like the fixed one's: on its own grid coarsened to the score's.
         moving_coarse = shrink_to_spacing(self._moving_smooth, SCORING_SPACING_MM)
-        moving_head_coarse = sitk.GetArrayViewFromImage(shrink_to_spacing(moving_head, SCORING_SPACING_MM)) > 0
+        moving_head_coarse = sitk.GetArrayFromImage(shrink_to_spacing(moving_head, SCORING_SPACING_MM)) > 0
         self._moving_eps = _mean_gradient_magnitude(
             sitk.GetArrayViewFromImage(moving_coarse), tuple(reversed(moving_coarse.GetSpacing())),
             moving_head_coarse)
@@ -148,7 +155,7 @@ class AlignmentScorer:
     def evaluate(self, transform: sitk.Transform) -> ScoreDetail:
         """Both correlations for `transform` (fixed physical point -> moving physical point)."""
         moving = self._on_grid(self._moving_smooth, transform)
-        inside = np.isfinite(moving)
+        inside = np.isfinite(moving) if self._domain is None else self._inside_domain(transform)
         region = inside & (self._fixed_region | self._mask_on_grid(self._moving_head, transform))
         if self._fixed_user is not None:
             region &= self._fixed_user
@@ -156,13 +163,24 @@ class AlignmentScorer:
             region &= self._mask_on_grid(self._moving_mask, transform)
         if not np.any(region):
             return ScoreDetail(EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, 0)
-        moving = np.where(inside, moving, 0.0)
+        moving = np.where(inside, np.nan_to_num(moving, nan=self._background), 0.0)
         intensity = masked_ncc(self._fixed, moving, region)
         gradient_region = region & _interior(inside)
         n_moving = normalized_gradient(moving, self._spacing_zyx, self._moving_eps)
         structure = structure_ncc(self._n_fixed, n_moving, gradient_region)
         value = structure if self.cross_modality else intensity
         return ScoreDetail(value, intensity, structure, int(np.count_nonzero(region)))
+
+    def _inside_domain(self, transform: sitk.Transform) -> np.ndarray:
+        """Scoring grid voxels that `transform` maps inside the original moving image's domain."""
+        grid = self.grid
+        displacement = sitk.TransformToDisplacementField(
+            transform, sitk.sitkVectorFloat64, grid.GetSize(), grid.GetOrigin(), grid.GetSpacing(),
+            grid.GetDirection())
+        to_index, size = self._domain
+        points = self._grid_points + sitk.GetArrayViewFromImage(displacement)
+        index = np.einsum("ij,zyxj->zyxi", to_index[0], points) + to_index[1]
+        return np.all((index >= -0.5) & (index <= size - 0.5), axis=-1)
 
     def _on_grid(self, image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         """Image values at the scoring grid points; NaN where the point is outside the image."""
@@ -172,6 +190,24 @@ class AlignmentScorer:
     def _mask_on_grid(self, mask: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         resampled = sitk.Resample(mask, self.grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         return sitk.GetArrayViewFromImage(resampled).astype(bool)
+
+
+def _voxel_centres(image: sitk.Image) -> np.ndarray:
+    """Physical coordinates of `image`'s voxel centres, shape (z, y, x, 3) with (x, y, z) last."""
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in reversed(image.GetSize())), indexing="ij")
+    to_physical = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    return np.stack([i, j, k], axis=-1) @ to_physical.T + np.asarray(image.GetOrigin())
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetOrigin(), b.GetOrigin())
+            and np.allclose(a.GetSpacing(), b.GetSpacing()) and np.allclose(a.GetDirection(), b.GetDirection()))
+
+
+def _physical_to_index(image: sitk.Image):
+    """(matrix, offset) mapping a physical point p to the continuous index matrix @ p + offset, in (x, y, z)."""
+    matrix = np.linalg.inv(np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing()))
+    return matrix, -matrix @ np.asarray(image.GetOrigin())
 
 
 def _as_float32(image: sitk.Image) -> sitk.Image:

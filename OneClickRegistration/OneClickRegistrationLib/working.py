@@ -2,21 +2,22 @@
 
 Clinical volumes run to 512x512x400 voxels of 0.5 mm and beyond, with neck,
 shoulders or a large field of view of air around the head.  The pipeline
-never computes on the caller's images; for each one it makes:
+never computes on the caller's images; for each one it makes a *working copy*:
 
-- a *reduced* copy: float32, block-averaged to about WORKING_SPACING_MM where
-  the image is finer, the whole field of view.  Modality recognition, the
-  head mask and the quality score use it: they judge the whole image, and a
-  head pushed off the other head must still be penalised by the score;
-- a *cropped* copy of the reduced one: the box around the head (and the
-  user's mask) plus CROP_MARGIN_MM.  The linear and deformable stages run on
-  it, so their pyramids, interpolators and fields never see the air.
+1. the head is found on a copy block-averaged to about imageio.MASK_SPACING_MM
+   in the image's own pixel type (a pass over the image, no float copy);
+2. the image is cropped, still in its own pixel type, to the box around the
+   head (and the user's mask) plus CROP_MARGIN_MM;
+3. the crop is block-averaged to about WORKING_SPACING_MM where the image is
+   finer, and converted to float32.
 
-Both copies keep their physical geometry (origin, spacing, direction), so a
-transform found on them applies to the caller's images unchanged.  Block
-averaging is done in the input's pixel type, before the float conversion,
-so no float copy of a full-resolution input is ever made; the only
-full-resolution work left is the final resampling (imageio.resample_onto).
+Recognition, the stages and the score all run on that copy, so air, neck
+padding or a 400^3 field of view cost one pass and nothing after.  The copy
+keeps its physical geometry (origin, spacing, direction), so a transform found
+on it applies to the caller's image unchanged; what lies outside the crop is
+background, which the score takes into account (score.AlignmentScorer is given
+the original image's domain).  The only full-resolution work left is the
+final resampling (imageio.resample_onto).
 """
 
 from __future__ import annotations
@@ -46,21 +47,18 @@ class WorkingImage:
     mask: Optional[sitk.Image] = None  # the user's binary mask on image's grid
 
     @classmethod
-    def reduced(cls, image: sitk.Image, user_mask: Optional[sitk.Image] = None) -> "WorkingImage":
-        """The reduced copy of `image` (see the module docstring), its head mask and the user's mask on its grid."""
-        reduced = reduced_copy(image)
-        mask = None if user_mask is None else imageio.on_grid_of(user_mask, reduced, "mask")
-        return cls(reduced, imageio.head_mask(reduced), mask)
-
-    def cropped(self) -> "WorkingImage":
-        """The same, restricted to the box around the head and the user's mask plus CROP_MARGIN_MM."""
-        index, size = crop_box(self.head if self.mask is None else sitk.Or(self.head, self.mask))
-        if tuple(size) == self.image.GetSize():
-            return self
-
-        def crop(image):
-            return None if image is None else sitk.RegionOfInterest(image, size, index)
-        return WorkingImage(crop(self.image), crop(self.head), crop(self.mask))
+    def of(cls, image: sitk.Image, user_mask: Optional[sitk.Image] = None) -> "WorkingImage":
+        """The working copy of `image` (see the module docstring); user_mask on `image`'s grid or None."""
+        coarse = imageio.shrink_to_spacing(image, imageio.MASK_SPACING_MM)
+        coarse_head = imageio.head_mask(coarse)
+        region = coarse_head if user_mask is None else sitk.Or(
+            coarse_head, imageio.on_grid_of(sitk.Cast(user_mask, sitk.sitkUInt8), coarse, "mask"))
+        index, size = _on_finer_grid(crop_box(region), coarse, image)
+        reduced = reduced_copy(sitk.RegionOfInterest(image, size, index))
+        head = imageio.on_grid_of(coarse_head, reduced, "head mask")
+        mask = None if user_mask is None else imageio.on_grid_of(
+            sitk.RegionOfInterest(user_mask, size, index), reduced, "mask")
+        return cls(reduced, head, mask)
 
     def region_mask(self) -> sitk.Image:
         """Where the linear metric looks: the head, narrowed by the user's mask when there is one."""
@@ -75,6 +73,18 @@ def reduced_copy(image: sitk.Image) -> sitk.Image:
     """
     shrunk = imageio.shrink_to_spacing(image, WORKING_SPACING_MM)
     return shrunk if shrunk.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(shrunk, sitk.sitkFloat32)
+
+
+def _on_finer_grid(box, coarse: sitk.Image, image: sitk.Image):
+    """A box (index, size) of `coarse`, `image` block-averaged, as the box of `image`'s voxels it covers.
+
+    A box reaching the end of `coarse` reaches the end of `image`: block
+    averaging drops the last voxels that do not fill a whole block.
+    """
+    factors = np.round(np.asarray(coarse.GetSpacing()) / np.asarray(image.GetSpacing())).astype(int)
+    low, size = np.asarray(box[0]), np.asarray(box[1])
+    high = np.where(low + size >= np.asarray(coarse.GetSize()), np.asarray(image.GetSize()), (low + size) * factors)
+    return (low * factors).tolist(), (high - low * factors).tolist()
 
 
 def crop_box(region: sitk.Image):
