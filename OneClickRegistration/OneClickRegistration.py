@@ -725,10 +725,8 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         return texts.get(verdict, verdict)
 
     def verdict(self, stage) -> str:
-        """good / check visually / failed, from a stage's score and whether it was kept."""
-        from OneClickRegistrationLib.score import verdict
-
-        return self.verdictText(verdict(stage.score, stage.accepted))
+        """good / check visually / failed for a stage, as the pipeline judged it (score, kept, linear bound)."""
+        return self.verdictText(stage.verdict)
 
     def summary(self, outcome: OneClickRegistrationOutcome) -> str:
         """The result in plain words: modalities, preset, each stage's score and verdict, time."""
@@ -745,6 +743,7 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 name=stage.name, score=stage.score, verdict=self.verdict(stage), kept=kept, seconds=stage.seconds))
             if stage.message:
                 lines.append(f"    {stage.message}")
+        lines.append(_("Verdict: {verdict}").format(verdict=self.verdictText(result.verdict)))
         lines.append(_("Total time: {seconds:.1f} s").format(seconds=result.seconds))
         lines.append(_("Score: {description}").format(description=result.score_description))
         return "\n".join(lines)

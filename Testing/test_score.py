@@ -129,3 +129,18 @@ def test_padding_outside_the_moving_domain_is_not_scored():
     padded_grid = sitk.Resample(image, scorer.grid, half_out, sitk.sitkLinear, 0.0)
     assert np.isfinite(detail.value)
     assert detail.overlap_voxels <= np.count_nonzero(sitk.GetArrayViewFromImage(padded_grid) != 0)
+
+
+def test_warping_cannot_rescue_a_pair_of_different_heads():
+    """Two people's whole-head T1s: the deformable stage raises the score, but the verdict stays the linear one's."""
+    fixed = sitk.ReadImage(str(shared_file("philips_elition_adni_mprage/ADNI_Sag3D_MPRAGE_1mm.nii.gz")))
+    moving = sitk.ReadImage(str(shared_file("chris_t1_pd/chris_t1.nii.gz")))
+    result = register(fixed, moving)
+    linear = [stage for stage in result.stages if stage.name != "deformable" and stage.accepted][-1]
+    deformable = result.stage("deformable")
+    assert linear.verdict != "good", f"linear score {linear.score:.3f}"
+    assert deformable.score > linear.score
+    assert deformable.verdict == linear.verdict and result.verdict == linear.verdict
+    assert result.report()["verdict"] == linear.verdict
+    if score.verdict(deformable.score) != linear.verdict:
+        assert "warping cannot make up for a wrong linear alignment" in deformable.message

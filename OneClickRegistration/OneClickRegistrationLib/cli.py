@@ -200,8 +200,6 @@ def run_registration(args, run: Optional["_Run"] = None) -> int:
 
 def summary(result, outputs: dict) -> str:
     """What a user reads after a run: modalities, preset, each stage's score and time, files."""
-    from . import score
-
     lines = [
         f"fixed:  {result.fixed_modality}",
         f"moving: {result.moving_modality}",
@@ -212,8 +210,9 @@ def summary(result, outputs: dict) -> str:
     for stage in result.stages:
         kept = "kept" if stage.accepted else "rejected"
         lines.append(f"  {stage.name:<12} score {stage.score:7.4f}  {stage.seconds:6.1f} s  {kept}, "
-                     f"{score.verdict(stage.score, stage.accepted)}"
+                     f"{stage.verdict}"
                      + (f"  ({stage.message})" if stage.message else ""))
+    lines.append(f"verdict: {result.verdict}")
     lines.append(f"total {result.seconds:.1f} s")
     lines += [f"{name}: {path}" for name, path in outputs.items()]
     return "\n".join(lines)

@@ -344,7 +344,6 @@ def screenshot(path, moving_name: str = "T2", stages: Sequence[str] = ("rigid", 
     from . import evaluation, imageio
     from .demo import DEMO_ROTATION_DEG, DEMO_TRANSLATION_MM
     from .pipeline import register
-    from .score import verdict
 
     fixed = sitk.ReadImage(str(imageio.SAMPLE_DATA / "T1.nii.gz"))
     head = imageio.head_mask(imageio.as_float32(fixed))
@@ -355,7 +354,7 @@ def screenshot(path, moving_name: str = "T2", stages: Sequence[str] = ("rigid", 
                                                                  evaluation.mask_points(head))))
     # Nothing machine-dependent (such as the time) goes into the picture, so regenerating it gives the same PNG.
     subtitle = (f"{moving_name} EDGES IN RED OVER THE T1. SCORE {result.initial_score:.2f} -> {result.score:.2f} "
-                f"({verdict(result.score)}), MEDIAN ERROR {error:.2f} MM")
+                f"({result.verdict}), MEDIAN ERROR {error:.2f} MM")
     picture = write_comparison_png(fixed, moving, result, path,
                                    title=f"ONE-CLICK REGISTRATION: {moving_name} ONTO T1", subtitle=subtitle)
     return picture, result, error

@@ -47,6 +47,7 @@ class StageResult:
     seconds: float
     message: str = ""
     inverse_transform: Optional[sitk.Transform] = None
+    verdict: str = ""  # 'good', 'check visually' or 'failed' (see score.verdict and the pipeline's bound)
 
 
 @dataclass
@@ -70,6 +71,18 @@ class RegistrationResult:
         accepted = [stage.score for stage in self.stages if stage.accepted]
         return accepted[-1] if accepted else self.initial_score
 
+    @property
+    def verdict(self) -> str:
+        """'good', 'check visually' or 'failed' for the alignment finally returned.
+
+        It is never better than the verdict of the linear alignment the
+        deformable stage started from: warping can raise the score of a wrong
+        alignment (two different heads can be made to look alike), so it cannot
+        turn a failed linear alignment into a good one.
+        """
+        accepted = [stage.verdict for stage in self.stages if stage.accepted]
+        return accepted[-1] if accepted else score.verdict(self.initial_score)
+
     def stage(self, name: str) -> StageResult:
         """The result of the stage called `name` ('rigid', 'affine', 'deformable')."""
         for stage in self.stages:
@@ -86,12 +99,13 @@ class RegistrationResult:
             "score_description": self.score_description,
             "initial_score": round(self.initial_score, 6),
             "final_score": round(self.score, 6),
+            "verdict": self.verdict,
             "stages": [
                 {
                     "name": stage.name,
                     "score": round(stage.score, 6),
                     "accepted": stage.accepted,
-                    "verdict": score.verdict(stage.score, stage.accepted),
+                    "verdict": stage.verdict,
                     "seconds": round(stage.seconds, 3),
                     "message": stage.message,
                 }
@@ -179,6 +193,7 @@ def register(
     report(0.0, "scoring the initial alignment")
     current_score = scorer(current)
     initial_score = current_score
+    linear_verdict = score.verdict(initial_score)  # the bound of a deformable stage's verdict
     linear_stages = LinearStages(fixed_work, moving_work, chosen.linear)
     results = []
     stage_fraction = 1.0 / max(1, len(stages))
@@ -197,10 +212,18 @@ def register(
             message = (message + "; " if message else "") + (
                 f"rejected: score {new_score:.4f} is below {current_score:.4f}, previous result kept"
             )
+        stage_verdict = score.verdict(new_score, accepted)
+        if name == "deformable" and score.at_most(stage_verdict, linear_verdict) != stage_verdict:
+            stage_verdict = score.at_most(stage_verdict, linear_verdict)
+            message = (message + "; " if message else "") + (
+                f"verdict held at the linear alignment's '{linear_verdict}': warping cannot make up for "
+                "a wrong linear alignment")
+        elif name != "deformable" and accepted:
+            linear_verdict = stage_verdict
         results.append(StageResult(
             name=name, transform=transform, score=new_score, accepted=accepted,
             seconds=time.perf_counter() - stage_start, message=message,
-            inverse_transform=inverse,
+            inverse_transform=inverse, verdict=stage_verdict,
         ))
         logger.info("stage %s: score %.4f (%s) in %.1f s", name, new_score,
                     "accepted" if accepted else "rejected", results[-1].seconds)
@@ -274,7 +297,7 @@ def _identical_images_result(fixed, moving, identity, fixed_guess, moving_guess,
     results = [
         StageResult(name=name, transform=identity, score=perfect, accepted=True,
                     seconds=0.0, message="identical images: identity",
-                    inverse_transform=identity)
+                    inverse_transform=identity, verdict=score.verdict(perfect))
         for name in stages
     ]
     return RegistrationResult(

@@ -58,6 +58,9 @@ class ScoreDetail:
     overlap_voxels: int
 
 
+VERDICTS = ("failed", "check visually", "good")  # worst to best
+
+
 def verdict(value: float, accepted: bool = True) -> str:
     """'good', 'check visually' or 'failed' for a stage's score."""
     if value >= GOOD_SCORE and accepted:
@@ -65,6 +68,11 @@ def verdict(value: float, accepted: bool = True) -> str:
     if value >= CHECK_SCORE:
         return "check visually"
     return "failed"
+
+
+def at_most(stage_verdict: str, bound: str) -> str:
+    """The worse of two verdicts: a deformable stage's verdict is bounded by its linear alignment's."""
+    return min(stage_verdict, bound, key=VERDICTS.index)
 
 
 def masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
