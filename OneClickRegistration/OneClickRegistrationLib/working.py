@@ -48,11 +48,12 @@ class WorkingImage:
 
     @classmethod
     def of(cls, image: sitk.Image, user_mask: Optional[sitk.Image] = None) -> "WorkingImage":
-        """The working copy of `image` (see the module docstring); user_mask on `image`'s grid or None."""
+        """The working copy of `image` (see the module docstring); user_mask: a validated binary uint8 mask
+        on `image`'s grid (imageio.validated_mask), or None."""
         coarse = imageio.shrink_to_spacing(image, imageio.MASK_SPACING_MM)
         coarse_head = imageio.head_mask(coarse)
         region = coarse_head if user_mask is None else sitk.Or(
-            coarse_head, imageio.on_grid_of(sitk.Cast(user_mask, sitk.sitkUInt8), coarse, "mask"))
+            coarse_head, imageio.on_grid_of(user_mask, coarse, "mask"))
         index, size = _on_finer_grid(crop_box(region), coarse, image)
         reduced = reduced_copy(sitk.RegionOfInterest(image, size, index))
         head = imageio.on_grid_of(coarse_head, reduced, "head mask")
