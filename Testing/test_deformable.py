@@ -93,14 +93,20 @@ def test_rigid_only_case_is_not_worse_with_the_deformable_stage(pipeline_runs):
 
 
 def test_ct_rigid_only_case_is_not_worse_and_does_not_fold():
-    """The CT rows' stage (NGF, forced on) on the MNI T1 / CT templates moved by a rigid only."""
+    """The CT rows' stage (NGF, forced on) on the MNI T1 / CT templates moved by a rigid only.
+
+    The two templates are different people (about 1.7 % apart in size), which the
+    affine stage finds but, within a scanner's calibration, does not keep; the
+    deformable stage then finds the same difference.  The reference is therefore
+    the best linear fit found (the affine stage's, kept or not).
+    """
     shared_file(f"{bench.MNI}/spm_avg152T1.nii.gz")
     shared_file(f"{bench.MNI}/clinical_scct.nii.gz")
     spec = bench.CaseSpec("ct", f"{bench.MNI}/spm_avg152T1.nii.gz", f"{bench.MNI}/clinical_scct.nii.gz",
                           "T1", "CT", 0.0, seed=5)
     case = bench.build_case(spec)
-    affine_only, final, result = bench.run_pipeline(case.fixed, case.moving, "T1", "CT")
-    before = bench.mapping_error_mm(affine_only, case.truth, case.head).mean()
+    _, final, result = bench.run_pipeline(case.fixed, case.moving, "T1", "CT")
+    before = bench.mapping_error_mm(result.stage("affine").transform, case.truth, case.head).mean()
     after = bench.mapping_error_mm(final, case.truth, case.head).mean()
     assert after - before <= 0.2
     assert bench.min_jacobian(final, case.fixed) > 0.0

@@ -1,5 +1,6 @@
 """The stage cascade: recognise modalities, pick the preset, run rigid, affine
-and deformable registration, score each stage and keep only what helps.
+and deformable registration, score each stage and keep only what the evidence
+supports (evidence.py).
 
 `register` is the one entry point shared by the command line, the Slicer
 logic and plain-Python users.  Every transform it returns follows the ITK
@@ -18,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from . import deformable, imageio, score
+from . import deformable, evidence, imageio, score
 from .errors import InvalidInputError
 from .linear import LinearStages
 from .modality import UNKNOWN, ModalityGuess, identify_modality, parse_modality
@@ -205,14 +206,12 @@ def register(
         if outcome is None:
             continue
         transform, inverse, message = outcome
-        stage_progress(1.0, "scoring the result")
+        stage_progress(1.0, "weighing the evidence for the result")
         new_score = scorer(transform)
-        accepted = new_score >= current_score - score.TOLERANCE
-        if not accepted:
-            message = (message + "; " if message else "") + (
-                f"rejected: score {new_score:.4f} is below {current_score:.4f}, previous result kept"
-            )
-        stage_verdict = score.verdict(new_score, accepted)
+        decision = _decision(name, scorer, current, transform, current_score, new_score, fixed_work)
+        accepted = decision.kept
+        message = decision.reason + (f"; {message}" if message else "")
+        stage_verdict = score.verdict(new_score)
         if name == "deformable" and score.at_most(stage_verdict, linear_verdict) != stage_verdict:
             stage_verdict = score.at_most(stage_verdict, linear_verdict)
             message = (message + "; " if message else "") + (
@@ -243,6 +242,20 @@ def register(
         seconds=time.perf_counter() - start,
         score_description=scorer.description,
     )
+
+
+def _decision(name, scorer, current, transform, current_score, new_score, fixed_work) -> evidence.Decision:
+    """Keep the stage's result or not (see evidence.py); the rigid stage only has to match the header's score."""
+    if name == "rigid":
+        if new_score >= current_score - score.TOLERANCE:
+            return evidence.Decision(True, f"kept: score {new_score:.4f} (headers' alignment {current_score:.4f})")
+        return evidence.Decision(False, f"dropped: score {new_score:.4f} is below the headers' alignment's "
+                                        f"{current_score:.4f}, which is kept")
+    gain = scorer.gain(current, transform)
+    if name == "affine":
+        return evidence.affine_decision(transform, gain)
+    points = evidence.head_points(fixed_work.region_mask())
+    return evidence.deformable_decision(evidence.change_mm(current, transform, points), gain)
 
 
 def _run_stage(name, linear_stages, fixed, moving, current, preset, progress):

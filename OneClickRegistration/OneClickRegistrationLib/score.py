@@ -48,6 +48,22 @@ GOOD_SCORE = 0.5
 CHECK_SCORE = 0.3
 
 
+# The uncertainty of a score gain (AlignmentScorer.gain): the scoring region is
+# resampled in cubes about this wide, far enough apart for their noise to be
+# nearly independent, small enough for a head to hold a few hundred of them.
+BLOCK_MM = 12.0
+BOOTSTRAP_DRAWS = 200
+BOOTSTRAP_SEED = 20241206
+
+
+@dataclass(frozen=True)
+class ScoreGain:
+    """A later stage's score minus an earlier one's, and the standard deviation of that difference."""
+
+    gain: float
+    noise: float
+
+
 @dataclass(frozen=True)
 class ScoreDetail:
     """Both correlations and the size of the region they were computed on."""
@@ -151,6 +167,7 @@ class AlignmentScorer:
             sitk.GetArrayViewFromImage(moving_coarse), tuple(reversed(moving_coarse.GetSpacing())),
             moving_head_coarse)
         self._n_fixed = normalized_gradient(self._fixed, self._spacing_zyx, self._fixed_eps)
+        self._cube_index = _cube_index(self._fixed.shape, self.grid.GetSpacing())
         kind = "structure NCC (normalised-gradient tensors)" if cross_modality else "intensity NCC"
         self.description = (
             f"{kind} over the overlap of the two image domains within the head masks, "
@@ -162,6 +179,36 @@ class AlignmentScorer:
 
     def evaluate(self, transform: sitk.Transform) -> ScoreDetail:
         """Both correlations for `transform` (fixed physical point -> moving physical point)."""
+        sampled = self._sampled(transform)
+        if sampled is None:
+            return ScoreDetail(EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, 0)
+        moving, region, gradient_region, n_moving = sampled
+        intensity = masked_ncc(self._fixed, moving, region)
+        structure = structure_ncc(self._n_fixed, n_moving, gradient_region)
+        value = structure if self.cross_modality else intensity
+        return ScoreDetail(value, intensity, structure, int(np.count_nonzero(region)))
+
+    def gain(self, before: sitk.Transform, after: sitk.Transform, draws: int = BOOTSTRAP_DRAWS) -> ScoreGain:
+        """How much `after` scores above `before`, and how far that gain can be trusted.
+
+        The uncertainty is the spread of the gain when the scoring region is
+        resampled cube by cube (a block bootstrap over cubes of BLOCK_MM): a gain
+        that comes from a few places, or that the luck of which tissue is
+        counted could produce, is not larger than its noise.  Both transforms
+        are scored on the same draws, so what they share cancels.
+        """
+        sums = [self._block_sums(transform) for transform in (before, after)]
+        if sums[0] is None or sums[1] is None:
+            return ScoreGain(self(after) - self(before), 0.0)
+        blocks = sums[0].shape[0]
+        weights = np.random.default_rng(BOOTSTRAP_SEED).multinomial(
+            blocks, np.full(blocks, 1.0 / blocks), size=draws).astype(np.float64)
+        scores = [self._score_from_sums(block_sums.sum(axis=0)) for block_sums in sums]
+        drawn = [self._score_from_sums(weights @ block_sums) for block_sums in sums]
+        return ScoreGain(float(scores[1] - scores[0]), float(np.std(drawn[1] - drawn[0])))
+
+    def _sampled(self, transform: sitk.Transform):
+        """(moving values, region, gradient region, moving normalised gradient) on the grid; None if no overlap."""
         moving = self._on_grid(self._moving_smooth, transform)
         inside = np.isfinite(moving) if self._domain is None else self._inside_domain(transform)
         region = inside & (self._fixed_region | self._mask_on_grid(self._moving_head, transform))
@@ -170,14 +217,46 @@ class AlignmentScorer:
         if self._moving_mask is not None:
             region &= self._mask_on_grid(self._moving_mask, transform)
         if not np.any(region):
-            return ScoreDetail(EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, 0)
+            return None
         moving = np.where(inside, np.nan_to_num(moving, nan=self._background), 0.0)
-        intensity = masked_ncc(self._fixed, moving, region)
-        gradient_region = region & _interior(inside)
         n_moving = normalized_gradient(moving, self._spacing_zyx, self._moving_eps)
-        structure = structure_ncc(self._n_fixed, n_moving, gradient_region)
-        value = structure if self.cross_modality else intensity
-        return ScoreDetail(value, intensity, structure, int(np.count_nonzero(region)))
+        return moving, region, region & _interior(inside), n_moving
+
+    def _block_sums(self, transform: sitk.Transform) -> Optional[np.ndarray]:
+        """Per-cube sums from which the score is computed, shape (cubes, terms); None if no overlap.
+
+        Intensity NCC: count, sum x, sum y, sum x^2, sum y^2, sum xy (x, y centred
+        on the fixed region's means for accuracy); structure NCC: the sums of
+        (n_f . n_m)^2, |n_f|^4 and |n_m|^4 (see structure_ncc).
+        """
+        sampled = self._sampled(transform)
+        if sampled is None:
+            return None
+        moving, region, gradient_region, n_moving = sampled
+        cubes = self._cube_index.ravel()
+        count = int(cubes.max()) + 1
+        if self.cross_modality:
+            dot = np.sum(self._n_fixed * n_moving, axis=0)
+            terms = (dot * dot, np.sum(self._n_fixed ** 2, axis=0) ** 2, np.sum(n_moving ** 2, axis=0) ** 2)
+            keep = gradient_region.ravel()
+        else:
+            x = self._fixed - self._fixed[region].mean()
+            y = moving - moving[region].mean()
+            terms = (np.ones_like(x), x, y, x * x, y * y, x * y)
+            keep = region.ravel()
+        return np.stack([np.bincount(cubes[keep], weights=np.ravel(term)[keep], minlength=count)
+                         for term in terms], axis=1)
+
+    def _score_from_sums(self, sums: np.ndarray) -> np.ndarray:
+        """The score from summed block terms (last axis: the terms of _block_sums), vectorised."""
+        if self.cross_modality:
+            dot2, fixed4, moving4 = np.moveaxis(sums, -1, 0)
+            return dot2 / np.sqrt(np.maximum(fixed4 * moving4, np.finfo(np.float64).tiny))
+        n, sx, sy, sxx, syy, sxy = np.moveaxis(sums, -1, 0)
+        n = np.maximum(n, 1.0)
+        covariance = sxy - sx * sy / n
+        variances = (sxx - sx * sx / n) * (syy - sy * sy / n)
+        return covariance / np.sqrt(np.maximum(variances, np.finfo(np.float64).tiny))
 
     def _inside_domain(self, transform: sitk.Transform) -> np.ndarray:
         """Scoring grid voxels that `transform` maps inside the original moving image's domain."""
@@ -198,6 +277,14 @@ class AlignmentScorer:
     def _mask_on_grid(self, mask: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         resampled = sitk.Resample(mask, self.grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         return sitk.GetArrayViewFromImage(resampled).astype(bool)
+
+
+def _cube_index(shape_zyx, spacing_xyz) -> np.ndarray:
+    """For every scoring grid voxel, the number of the BLOCK_MM cube it lies in."""
+    sides = [max(1, int(round(BLOCK_MM / spacing))) for spacing in reversed(spacing_xyz)]
+    coordinates = np.meshgrid(*(np.arange(n) // side for n, side in zip(shape_zyx, sides)), indexing="ij")
+    counts = [int(np.ceil(n / side)) for n, side in zip(shape_zyx, sides)]
+    return np.ravel_multi_index(coordinates, counts)
 
 
 def _voxel_centres(image: sitk.Image) -> np.ndarray:

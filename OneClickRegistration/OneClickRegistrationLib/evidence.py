@@ -1,0 +1,104 @@
+"""Whether a stage earned its place: kept only when the evidence says it corrects something real.
+
+Every stage raises its own metric a little even on an alignment that is
+already right: an affine finds a per cent of "scaling" between a T1 and a T2
+of one head (their contrasts blur edges differently), a deformable stage finds
+a few tenths of a millimetre of "motion" in the noise.  Keeping those makes a
+rigid-only case less precise than a rigid tool.  So after the rigid stage,
+a stage is kept only when both hold:
+
+- its score gain is larger than the score's noise (above zero at the
+  one-sided 95 % level, from the standard deviation of the gain over a block
+  bootstrap of the scoring region, and at least score.TOLERANCE): the improvement is seen across the head, not in a
+  few places or by the luck of which tissue is counted;
+- what it changes is large enough to be real for one patient's two scans:
+  the affine stage must find a scaling or shear beyond what a scanner's
+  calibration allows between two series (MIN_SCALING), the deformable stage
+  must move part of the head by at least one working voxel (MIN_DEFORMATION_MM
+  at the 95th percentile of the head's points).
+
+The verdicts are plain sentences for the report, the command line and the
+Slicer panel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .score import TOLERANCE, ScoreGain
+
+# Two series of one patient differ in scale by less than this when the
+# scanner's gradients are calibrated (vendors' tolerance is about 1-2 %); an
+# affine closer to a rotation than this corrects nothing we can tell apart from
+# its own fitting noise (on aligned T1/T2/PD/CT pairs it finds 0.5-1.8 %).
+MIN_SCALING = 0.02
+# A deformation whose 95th-percentile displacement in the head is below one
+# working voxel is not told apart from interpolation and contrast noise.
+MIN_DEFORMATION_MM = 1.0
+# A gain counts when it is above its noise at the one-sided 95 % level of a normal distribution.
+NOISE_MULTIPLE = 1.645
+# Head points at which the change of the mapping is measured.
+CHANGE_POINTS = 4000
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Keep the stage or not, and why, in words a clinician understands."""
+
+    kept: bool
+    reason: str
+
+
+def head_points(region: sitk.Image, count: int = CHANGE_POINTS) -> np.ndarray:
+    """Up to `count` physical points spread evenly over a binary region (rows x, y, z)."""
+    zyx = np.argwhere(sitk.GetArrayViewFromImage(region) > 0)
+    step = max(1, len(zyx) // count)
+    index = zyx[::step][:, ::-1].astype(np.float64)
+    to_physical = np.asarray(region.GetDirection()).reshape(3, 3) * np.asarray(region.GetSpacing())
+    return index @ to_physical.T + np.asarray(region.GetOrigin())
+
+
+def change_mm(before: sitk.Transform, after: sitk.Transform, points: np.ndarray) -> float:
+    """95th percentile over `points` of how far `after` maps a point from where `before` maps it."""
+    moved = [np.asarray([t.TransformPoint(tuple(p)) for p in points]) for t in (before, after)]
+    return float(np.percentile(np.linalg.norm(moved[1] - moved[0], axis=1), 95))
+
+
+def significant(gain: ScoreGain) -> bool:
+    """True when the score gain is larger than its noise."""
+    return gain.gain > max(NOISE_MULTIPLE * gain.noise, TOLERANCE)
+
+
+def _gain_text(gain: ScoreGain) -> str:
+    return f"score {gain.gain:+.4f} (noise {gain.noise:.4f})"
+
+
+def affine_decision(affine: sitk.Transform, gain: ScoreGain) -> Decision:
+    """Keep an affine (fixed -> moving) only for a real scaling or shear that raises the score beyond noise."""
+    matrix = np.asarray(affine.GetMatrix()).reshape(3, 3)
+    scales = np.linalg.svd(matrix, compute_uv=False)
+    departure = float(np.max(np.abs(scales - 1.0)))
+    scaling_text = f"a scaling of up to {100 * departure:.1f} %"
+    if departure < MIN_SCALING:
+        return Decision(False, f"dropped: the two scans have the same size and shape ({scaling_text} found, within "
+                               f"the {100 * MIN_SCALING:.0f} % a scanner's calibration allows); the rigid "
+                               f"alignment is kept")
+    if not significant(gain):
+        return Decision(False, f"dropped: {scaling_text} found, but it does not improve the match beyond noise "
+                               f"({_gain_text(gain)}); the rigid alignment is kept")
+    return Decision(True, f"kept: corrects {scaling_text} between the scans ({_gain_text(gain)})")
+
+
+def deformable_decision(change: float, gain: ScoreGain) -> Decision:
+    """Keep a deformation only when it moves part of the head by a voxel or more and improves the match beyond noise."""
+    moved_text = f"moves 5 % of the head by {change:.2f} mm or more"
+    if change < MIN_DEFORMATION_MM:
+        return Decision(False, f"dropped: it {moved_text}, less than the {MIN_DEFORMATION_MM:g} mm the images "
+                               f"can tell from noise; the linear alignment is kept")
+    if not significant(gain):
+        return Decision(False, f"dropped: it {moved_text} but does not improve the match beyond noise "
+                               f"({_gain_text(gain)}); the linear alignment is kept")
+    return Decision(True, f"kept: it {moved_text} and improves the match ({_gain_text(gain)})")
