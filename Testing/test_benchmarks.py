@@ -29,9 +29,37 @@ PAIR = cases.PAIRS[2]  # MNI T1 -> T2: small (2 mm) volumes
 def small_case(tmp_path_factory):
     data_dir = shared_file(PAIR.fixed).parents[1]
     shared_file(PAIR.moving)
-    plan = cases.BuildPlan(seeds=(3,), levels=(cases.LEVELS[0],), deformable_seeds=(), pairs=(PAIR,))
+    plan = cases.BuildPlan(seeds=(3,), levels=(cases.LEVELS[0],), deformable_seeds=(), pairs=(PAIR,),
+                           held_out=False)
     (case,) = cases.build_cases(data_dir, tmp_path_factory.mktemp("bench_cases"), plan)
     return case
+
+
+def _values_at(image: sitk.Image, points: np.ndarray) -> np.ndarray:
+    """Linearly interpolated values of `image` at physical points (rows x, y, z)."""
+    from scipy import ndimage
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in points])
+    return ndimage.map_coordinates(sitk.GetArrayViewFromImage(image).astype(np.float64), index[:, ::-1].T,
+                                   order=1, cval=np.nan)
+
+
+def test_held_out_cases_carry_their_truth_resampled_or_swapped(tmp_path):
+    """Each held-out case's moving image, read where the truth maps the fixed points, shows the fixed
+    role's original content there: the moving content moved (resampled) or the roles swapped."""
+    data_dir = shared_file(PAIR.fixed).parents[1]
+    plan = cases.BuildPlan(seeds=(), levels=(), deformable_seeds=(), pairs=(PAIR,))
+    held_out = cases.build_cases(data_dir, tmp_path, plan)
+    assert [case.pair for case in held_out] == ["T1->T2 (MNI), resampled", "T2->T1 (MNI)", "T2->T1 (MNI), resampled"]
+    for case in held_out:
+        truth = case.truth()
+        fixed = sitk.ReadImage(case.fixed_path)
+        original_moving = sitk.ReadImage(str(data_dir / (PAIR.fixed if case.pair.startswith("T2") else PAIR.moving)))
+        assert sitk.ReadImage(case.fixed_path).GetSize() == fixed.GetSize()
+        expected = _values_at(original_moving, truth["points"])
+        found = _values_at(sitk.ReadImage(case.moving_path), truth["truth"])
+        inside = np.isfinite(expected) & np.isfinite(found)
+        assert inside.mean() > 0.8  # the templates fill their field of view; some points move out of it
+        assert np.corrcoef(expected[inside], found[inside])[0, 1] > 0.99, case.name
 
 
 def _method_returning(transform: sitk.Transform) -> methods.Method:

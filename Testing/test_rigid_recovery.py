@@ -21,7 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import shared_file
-from OneClickRegistrationLib import evaluation, imageio, register
+from OneClickRegistrationLib import evaluation, imageio, linear, register
 
 STROKE = "cstar_stroke_t1_t2_flair/"
 MNI = "mni_templates_ct_t1_t2_pd/"
@@ -119,3 +119,31 @@ def test_median_error_below_one_mm(kind):
         pytest.skip(f"no {kind} case ran (shared data missing)")
     median = float(np.median(np.concatenate(errors)))
     assert median < 1.0, f"median TRE over all {kind} cases {median:.2f} mm"
+
+
+@pytest.mark.stack
+def test_near_tied_rotation_candidates_in_other_basins_go_on_to_the_next_level():
+    """The search keeps the winner and every nearly-as-good candidate in another basin, nothing else."""
+    def pose(z_degrees, shift_mm=0.0):
+        return evaluation.rigid_transform((0, 0, z_degrees), (shift_mm, 0, 0), (0, 0, 0))
+
+    winner, same_basin, other_basin, far_worse, shifted = pose(0), pose(3), pose(20), pose(25), pose(1, 15.0)
+    refined = [(-0.500, same_basin), (-0.510, winner), (-0.496, other_basin), (-0.450, far_worse),
+               (-0.505, shifted)]
+    contenders = linear.near_ties(refined)
+    assert contenders == [winner, shifted, other_basin]
+    assert linear.near_ties([(-0.5, winner), (-0.499, same_basin)]) == [winner]
+
+
+def test_settling_a_near_tie_one_level_finer_still_recovers_the_motion(monkeypatch, caplog):
+    """Every refined candidate treated as a near tie in its own basin: the next level picks, the fit is precise."""
+    monkeypatch.setattr(linear, "NEAR_TIE_FRACTION", 1.0)
+    monkeypatch.setattr(linear, "DISTINCT_POSE_DEG", 0.0)
+    monkeypatch.setattr(linear, "DISTINCT_POSE_MM", 0.0)
+    fixed = _load(STROKE + "T1.nii.gz")
+    moving, truth, points = _misaligned_case(fixed, _load(STROKE + "T2.nii.gz"), 7, 30.0, 25.0)
+    with caplog.at_level("INFO", logger="OneClickRegistrationLib.linear"):
+        result = register(fixed, moving, stages=("rigid",))
+    assert any("near-tied candidates" in record.getMessage() for record in caplog.records)
+    errors = evaluation.target_registration_error(result.transform, truth, points)
+    assert np.median(errors) < 0.3

@@ -7,7 +7,13 @@ known transform and records the truth at points inside the fixed head:
 * rigid cases change only the moving image's header (direction and origin):
   its voxels are untouched;
 * deformable cases resample the moving image once through a smooth random
-  deformation (peak 4-8 mm), then change the header by a known rigid motion.
+  deformation (peak 4-8 mm), then change the header by a known rigid motion;
+* held-out rigid cases (one per pair, variant and level band, seed 0) vary
+  what the rigid cases hold fixed: the moving image resampled once through
+  the rigid motion (cubic B-spline, as a scanner would have sampled it,
+  float32) instead of a header change, and the roles swapped (the pair's
+  moving image fixed); their pair names say which ("T2->T1 (stroke),
+  resampled").
 
 The truth follows the ITK convention used throughout the project: it maps a
 fixed physical point (LPS, mm) to the corresponding moving physical point.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -228,6 +234,7 @@ class BuildPlan:
     levels: Sequence[Level] = LEVELS
     deformable_seeds: Sequence[int] = (0,)
     pairs: Sequence[Pair] = PAIRS
+    held_out: bool = True
 
 
 def build_cases(data_dir: Path, out_dir: Path, plan: BuildPlan) -> list:
@@ -248,8 +255,44 @@ def build_cases(data_dir: Path, out_dir: Path, plan: BuildPlan) -> list:
                 cases.append(rigid_case(context, level, seed, (seed, pair_index, level_index)))
         for seed in plan.deformable_seeds:
             cases.append(_deformable_case(context, seed, (seed, pair_index, 99)))
+        if plan.held_out:
+            cases += _held_out_cases(context, pair_index)
     _write_index(cases, Path(out_dir) / "cases.json")
     return cases
+
+
+# (swap the roles, resample the moving image) of the held-out rigid cases; each takes one level band.
+HELD_OUT_VARIANTS = ((False, True), (True, False), (True, True))
+
+
+def _held_out_cases(ctx: "PairContext", pair_index: int) -> list:
+    """One rigid case per held-out variant, each in another level band (seed 0)."""
+    held_out = []
+    for variant_index, (swapped, resampled) in enumerate(HELD_OUT_VARIANTS):
+        context = _swapped_context(ctx) if swapped else ctx
+        if resampled:
+            pair = replace(context.pair, name=f"{context.pair.name}, resampled")
+            directory = ctx.directory.parent / _slug(pair.name)
+            directory.mkdir(parents=True, exist_ok=True)
+            context = replace(context, pair=pair, directory=directory)
+        level = LEVELS[variant_index % len(LEVELS)]
+        held_out.append(rigid_case(context, level, 0, (0, pair_index, 50 + variant_index), resampled))
+    return held_out
+
+
+def _swapped_context(ctx: "PairContext") -> "PairContext":
+    """The pair with its roles swapped: the moving image fixed, its head mask and points."""
+    fixed_name, moving_name = ctx.pair.name.split(" ", 1)[0].split("->")
+    qualifier = ctx.pair.name.split(" ", 1)[1] if " " in ctx.pair.name else ""
+    pair = Pair(f"{moving_name}->{fixed_name} {qualifier}".strip(), ctx.pair.moving, ctx.pair.fixed)
+    directory = ctx.directory.parent / _slug(pair.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    mask = head_mask(ctx.moving)
+    mask_path = directory / "fixed_head_mask.nrrd"
+    sitk.WriteImage(mask_image(mask, ctx.moving), str(mask_path), True)
+    data_dir = Path(str(ctx.fixed_path)[:-len(ctx.pair.fixed)])
+    fixed_path = data_dir / ctx.pair.moving
+    return PairContext(pair, fixed_path, ctx.moving, ctx.fixed, mask, mask_path, directory)
 
 
 @dataclass
@@ -265,14 +308,24 @@ class PairContext:
     directory: Path
 
 
-def rigid_case(ctx: PairContext, level: Level, seed: int, entropy: tuple) -> Case:
+def rigid_case(ctx: PairContext, level: Level, seed: int, entropy: tuple, resampled: bool = False) -> Case:
+    """A known rigid motion of the moving image: in its header, or (resampled) in its voxels."""
     rng = np.random.default_rng(entropy)
     motion = random_rigid(rng, level, mask_centre(ctx.fixed, ctx.mask))
     name = f"{ctx.pair.name} | rigid {level.name} | seed {seed}"
     index = sample_points(ctx.mask, rng)
     points = index_to_physical(ctx.fixed, index)
-    return _write_case(ctx, name, "rigid", level, seed, move_header(ctx.moving, motion),
-                       index, points, motion.apply(points), motion)
+    moved = resample_moved(ctx.moving, motion) if resampled else move_header(ctx.moving, motion)
+    return _write_case(ctx, name, "rigid", level, seed, moved, index, points, motion.apply(points), motion)
+
+
+def resample_moved(image: sitk.Image, motion: RigidMotion) -> sitk.Image:
+    """The image on its own grid with its content moved by `motion` (cubic B-spline, float32, 0 outside)."""
+    output_to_input = sitk.AffineTransform(3)
+    output_to_input.SetMatrix(tuple(motion.rotation.T.ravel()))
+    output_to_input.SetCenter(tuple(motion.centre))
+    output_to_input.SetTranslation(tuple(-motion.rotation.T @ motion.translation))
+    return sitk.Resample(image, image, output_to_input, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
 
 
 def _deformable_case(ctx: PairContext, seed: int, entropy: tuple) -> Case:

@@ -56,6 +56,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help=f"rigid levels to run (default all): {[level.name for level in cases.LEVELS]}")
     parser.add_argument("--pairs", nargs="+", default=None,
                         help=f"pairs to run (default all): {[pair.name for pair in cases.PAIRS]}")
+    parser.add_argument("--no-held-out", action="store_true",
+                        help="skip the held-out rigid cases (moving image resampled, roles swapped)")
     parser.add_argument("--no-speed", action="store_true", help="skip the full-resolution speed case")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per registration")
     section = parser.add_mutually_exclusive_group()
@@ -68,13 +70,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def build_plan(args: argparse.Namespace) -> cases.BuildPlan:
     if args.quick:
         return cases.BuildPlan(seeds=(0,), levels=(cases.LEVELS[-1],), deformable_seeds=(0,),
-                               pairs=(cases.PAIRS[2],))
+                               pairs=(cases.PAIRS[2],), held_out=False)
     levels = cases.LEVELS if args.levels is None else tuple(
         level for level in cases.LEVELS if level.name in args.levels)
     pairs = cases.PAIRS if args.pairs is None else tuple(
         pair for pair in cases.PAIRS if pair.name in args.pairs)
     return cases.BuildPlan(seeds=tuple(args.seeds), levels=levels,
-                           deformable_seeds=tuple(args.deformable_seeds), pairs=pairs)
+                           deformable_seeds=tuple(args.deformable_seeds), pairs=pairs,
+                           held_out=not args.no_held_out)
 
 
 def selected_methods(names) -> list:
@@ -226,7 +229,9 @@ def run_main_section(args: argparse.Namespace, case_dir: Path, warmup, rows: lis
         run_method(method, chosen, warmup, args.timeout, rows, errors, initial)
     meta["plan"] = (f"pairs: {', '.join(pair.name for pair in plan.pairs)}; rigid levels "
                     f"{', '.join(level.name for level in plan.levels)} x seeds {list(plan.seeds)}; "
-                    f"deformable seeds {list(plan.deformable_seeds)}")
+                    f"deformable seeds {list(plan.deformable_seeds)}"
+                    + ("; held-out rigid cases: each pair's moving image resampled, the roles swapped, and both "
+                       "(seed 0, one level band each)" if plan.held_out else ""))
     if args.quick or args.no_speed:
         return None
     return speed.run_speed_case(speed.build_speed_case(args.data, case_dir), warmup, args.timeout)

@@ -55,6 +55,12 @@ SHAPE_FIT_ITERATIONS = 100
 REFINED_CANDIDATES = 4
 COARSE_REFINE_ITERATIONS = 60
 SAMPLING_SEED = 20240607
+# Refined rotation candidates whose poses differ by more than these lie in different basins;
+# a different basin whose coarse metric is within NEAR_TIE_FRACTION of the winner's is a near
+# tie, which the coarse level cannot settle: both go on to the next level, the better one wins.
+DISTINCT_POSE_DEG = 10.0
+DISTINCT_POSE_MM = 10.0
+NEAR_TIE_FRACTION = 0.03
 # During an optimisation, at most one progress message per this many seconds:
 # optimizers iterate many times a second, and each message may repaint a GUI.
 REPORT_INTERVAL_S = 0.2
@@ -184,9 +190,31 @@ class LinearStages:
         report.milestone(0.0, "preparing the images")
         fixed_head, moving_head = self.fixed.region_mask(), self.moving.region_mask()
         start = initial_rigid(fixed_head, moving_head)
-        best = _search_rotations(self._search_level, fixed_head, moving_head, start, self.settings, report)
+        contenders = _search_rotations(self._search_level, fixed_head, moving_head, start, self.settings, report)
+        best = self._settle_near_tie(contenders, report) if len(contenders) > 1 else contenders[0]
         fitted = self._fit(best, self.settings.rigid_iterations, report, 0.5, 0.5, precise_finest=True)
         return _as_euler(fitted)
+
+    def _settle_near_tie(self, contenders: list, report) -> sitk.Euler3DTransform:
+        """The rotation candidate that fits best one level finer than the search (see NEAR_TIE_FRACTION).
+
+        A local optimum can match the head's outline and the coarse intensities
+        almost as well as the true pose; the next level's detail tells them apart.
+        """
+        settings = self.settings
+        levels = [(shrink, sigma, count) for shrink, sigma, count in
+                  zip(settings.shrink_factors, settings.smoothing_sigmas_mm, settings.rigid_iterations) if count]
+        shrink, sigma, count = levels[1] if len(levels) > 1 else levels[0]
+        level = self._level(shrink, sigma)
+        fitted = []
+        for rank, candidate in enumerate(contenders):
+            task = f"searching rotations: settling a near tie, candidate {rank + 1} of {len(contenders)}"
+            fitted.append(level.fit(settings, count, candidate, lambda iteration: report.iteration(
+                0.5, f"{task}, iteration {iteration}")))
+        values = [value for value, _ in fitted]
+        logger.info("rotation search: %d near-tied candidates in different basins, metric %s one level finer",
+                    len(contenders), ", ".join(f"{value:.4f}" for value in values))
+        return _as_euler(fitted[int(np.argmin(values))][1])
 
     def affine(self, initial: sitk.Transform, progress: ProgressCallback = None) -> sitk.AffineTransform:
         """Affine fixed->moving transform starting from `initial` (the rigid result)."""
@@ -246,14 +274,15 @@ def fit_image(image: sitk.Image) -> sitk.Image:
 
 
 def _search_rotations(search_level, fixed_mask, moving_mask, start, settings, report):
-    """Best rigid start: rotations scored on head shape, the best few refined on intensities.
+    """Rigid starts: rotations scored on head shape, the best few refined on intensities.
 
     Mutual information has a narrow basin (a few degrees at a coarse scale),
     so a grid of rotations scored with it misses the truth between grid
     points.  The head's shape, blurred, has a basin tens of degrees wide and
     looks alike in every modality: it ranks the grid; the top candidates are
     then fitted on shape and on intensities (search_level(fixed_mask, moving_mask):
-    the coarse pyramid level), and the best intensity match wins.
+    the coarse pyramid level).  Returns the best intensity match, followed by
+    any near tie in another basin (see near_ties).
     """
     report.milestone(0.05, "searching rotations: outlining the heads")
     shape = _ShapeComparison(fixed_mask, moving_mask)
@@ -276,9 +305,32 @@ def _search_rotations(search_level, fixed_mask, moving_mask, start, settings, re
             offset + width * (0.5 + 0.5 * iteration / COARSE_REFINE_ITERATIONS),
             f"{task}: matching at {spacing}, iteration {iteration}"))
         refined.append((value, rank, _as_euler(result)))
-    best_value, _, best = min(refined, key=lambda item: (item[0], item[1]))
-    logger.info("rotation search: %d rotations, best coarse metric %.4f", len(rotations), best_value)
-    return best
+    contenders = near_ties([(value, transform) for value, _, transform in refined])
+    logger.info("rotation search: %d rotations, best coarse metric %.4f", len(rotations), min(value for value, _, _ in refined))
+    return contenders
+
+
+def near_ties(refined: list) -> list:
+    """The best refined candidate, then each one in another basin whose metric is nearly as good.
+
+    refined: (metric value, lower is better; Euler3DTransform) pairs in rank order.
+    """
+    ordered = sorted(enumerate(refined), key=lambda item: (item[1][0], item[0]))
+    best_value, best = ordered[0][1]
+    contenders = [best]
+    for _, (value, transform) in ordered[1:]:
+        near = value - best_value <= NEAR_TIE_FRACTION * abs(best_value)
+        if near and all(_distinct_poses(transform, other) for other in contenders):
+            contenders.append(transform)
+    return contenders
+
+
+def _distinct_poses(a: sitk.Euler3DTransform, b: sitk.Euler3DTransform) -> bool:
+    """True when two rigid poses (same centre) differ by more than DISTINCT_POSE_DEG or DISTINCT_POSE_MM."""
+    relative = np.asarray(a.GetMatrix()).reshape(3, 3).T @ np.asarray(b.GetMatrix()).reshape(3, 3)
+    degrees = math.degrees(math.acos(float(np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0))))
+    shift = float(np.linalg.norm(np.subtract(a.GetTranslation(), b.GetTranslation())))
+    return degrees > DISTINCT_POSE_DEG or shift > DISTINCT_POSE_MM
 
 
 def _rotated(start: sitk.Euler3DTransform, angles) -> sitk.Euler3DTransform:
