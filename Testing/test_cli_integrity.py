@@ -339,9 +339,12 @@ def test_keyboard_interrupt_in_the_python_api_stays_keyboard_interrupt():
     """register() installs no handler: Ctrl-C during the rigid stage comes out as KeyboardInterrupt, promptly,
     not as SimpleITK's RuntimeError."""
     script = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
         import SimpleITK as sitk
         from OneClickRegistrationLib import register
+
+        # Ctrl-C as in a console: a process started in the background of a shell inherits SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         pair = [sitk.BinShrink(sitk.ReadImage({str(SAMPLE_DATA)!r} + f"/{{n}}.nii.gz"), [2, 2, 2]) for n in ("T1", "T2")]
 
@@ -357,11 +360,13 @@ def test_keyboard_interrupt_in_the_python_api_stays_keyboard_interrupt():
                                text=True, env=ENV)
     sent = None
     for line in process.stderr:
-        if line.startswith("rigid: refining"):
+        # During the optimizer's iterations, as a user would: a signal that lands while Python runs an
+        # object's finaliser is reported as "Exception ignored" and lost, whatever the library does.
+        if line.startswith("rigid: refining") and "iteration" in line:
             sent = time.monotonic()
             process.send_signal(signal.SIGINT)
             break
-    output, _ = process.communicate(timeout=60)
+    output, errors = process.communicate(timeout=60)
     assert sent is not None, "the rigid stage never reported"
-    assert output.startswith("KeyboardInterrupt"), output
+    assert output.startswith("KeyboardInterrupt"), errors[-2000:]
     assert float(output.split()[1]) - sent < SIGNAL_DEADLINE_S

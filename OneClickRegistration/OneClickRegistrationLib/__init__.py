@@ -24,10 +24,15 @@ Modules, one concern each:
     presets     the bundled per-modality-pair preset table
     linear      initialisation, rotation search, rigid and affine stages
     deformable  the diffeomorphic deformable stage
-    score       the overlap-masked quality score
+    working     the working copies: the head cropped and block-averaged to about 1 mm
+    score       the overlap-masked quality score and its noise
+    evidence    whether a stage earned its place, and why
     pipeline    the stage cascade that ties them together
+    applying    carrying scans and label maps through a result, either direction
+    quality_report  the QC report (index.html and pictures; matplotlib)
     background  the same registration in a worker process (keeps a GUI responsive)
     cli         the `oneclick-register` command line
+    batch, batch_manifest, batch_cli  a whole cohort on a Dask cluster
 """
 
 import importlib

@@ -128,6 +128,7 @@ class BackgroundRegistration:
         except BaseException:
             self._remove_folder()
             raise
+        self._fixed, self._moving = fixed, moving  # re-attached to the result (references, not copies)
         self._process: Optional[subprocess.Popen] = None
         self._reader: Optional[threading.Thread] = None
         self._events: "queue.SimpleQueue[ProgressEvent]" = queue.SimpleQueue()
@@ -256,7 +257,8 @@ class BackgroundRegistration:
         if self._cancelled or outcome == "cancelled":
             raise RegistrationCancelled("the registration was cancelled")
         if outcome == "done":
-            return _load(self._folder / RESULT_FILE)
+            return dataclasses.replace(_load(self._folder / RESULT_FILE), fixed_image=self._fixed,
+                                       moving_image=self._moving)
         if outcome == "error":
             error_class = InvalidInputError if self._outcome["type"] == "InvalidInputError" \
                 else getattr(builtins, self._outcome["type"])
@@ -450,6 +452,8 @@ def _run_job(folder: Path, protocol, stop_requested: threading.Event) -> dict:
         from .pipeline import register
 
         result = register(job["fixed"], job["moving"], progress=progress, **job["options"])
+        # The parent has the inputs already: they are re-attached there, not written back.
+        result = dataclasses.replace(result, fixed_image=None, moving_image=None)
         if not job["resampled_moving"]:
             result = dataclasses.replace(result, resampled_moving=None)
         _dump(result, folder / RESULT_FILE, {id(result.transform): "transform",

@@ -4,12 +4,25 @@
         [--output-volume PATH] [--report PATH] [--fixed-modality M]
         [--moving-modality M] [--stages rigid,affine,deformable]
         [--preset-table FILE] [--fixed-series UID] [--moving-series UID]
+        [--also PATH [--also PATH ...]] [--also-kind auto|image|label ...] [--qc DIR]
     oneclick-register --identify IMAGE [IMAGE ...]
+    oneclick-register batch MANIFEST -o OUTDIR [--scheduler ADDRESS] [--workers N] [--force] [--qc]
+    oneclick-register apply --transform T.h5 --reference FIXED INPUT -o OUTPUT
+        [--inverse] [--kind auto|image|label] [--image-interpolation linear|bspline]
+        [--label-interpolation nearest|gaussian]
 
 Reads anything SimpleITK reads (NIfTI, NRRD, MHA, a DICOM folder), shows
 progress on stderr, prints the modalities, preset, scores and times, and
 writes the transform (ITK .h5/.tfm, fixed -> moving), the resampled moving
-volume and a JSON report.
+volume and a JSON report; with --also, more images in the moving image's space
+(another scan of the session, a label map, a segmentation) carried onto the
+fixed grid beside the registered volume (see applying.py); with --qc, the
+quality report (index.html and PNG pictures, see quality_report.py).
+
+`apply` (a first argument of that name) carries an image through a transform
+written before: INPUT in the moving image's space onto the grid of the fixed
+image given as --reference, or with --inverse, INPUT in the fixed image's space
+onto the grid of the moving image given as --reference.
 
 Exit status: 0 done; 2 bad input or output path (one line on stderr, before
 any registration work for the output paths); 130 / 143 cancelled by SIGINT /
@@ -33,6 +46,7 @@ imported only once the handlers are in place.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -41,10 +55,14 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 from .errors import InvalidInputError, RegistrationCancelled
+
+if TYPE_CHECKING:  # imageio imports numpy and SimpleITK, which wait until the signal handlers are in place
+    from .imageio import LoadedImage
 
 logger = logging.getLogger(__name__)
 
@@ -57,21 +75,31 @@ CANCEL_GRACE_S = 1.0
 # What each output may be written as: formats whose writer makes one file, which can be renamed into place.
 TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt")
 REPORT_SUFFIXES = (".json",)
-OUTPUT_OPTIONS = {"transform": "--output-transform", "volume": "--output-volume", "report": "--report"}
+OUTPUT_OPTIONS = {"transform": "--output-transform", "volume": "--output-volume", "report": "--report",
+                  "also": "--also", "output": "-o"}
 # The private folder an output is written to before it is renamed into place.
 PARTIAL_PREFIX = ".oneclick-register-"
 PARTIAL_SUFFIX = ".partial"
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one-line InvalidInputErrors (exit status 2), like every bad input."""
+
+    def error(self, message: str):
+        raise InvalidInputError(f"{message}; see {self.prog} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (imports the modality and pipeline modules for the allowed values)."""
+    """The argument parser (imports the modality, pipeline and applying modules for the allowed values)."""
+    from .applying import KINDS
     from .modality import MODALITIES
     from .pipeline import STAGE_NAMES
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="oneclick-register",
         description="Align MOVING to FIXED (two head scans of one patient) with no settings to choose.",
+        epilog="Later, to carry more images with a saved transform: oneclick-register apply --help",
     )
     parser.add_argument("fixed", help="fixed image: a file SimpleITK reads or a DICOM folder")
     parser.add_argument("moving", nargs="*", help="moving image (with --identify: more images)")
@@ -94,17 +122,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", default=",".join(STAGE_NAMES),
                         help="comma-separated stages to run, in order (default: %(default)s)")
     parser.add_argument("--preset-table", type=Path, help="a preset table of your own (JSON, same schema as the bundled one)")
+    parser.add_argument("--also", action="append", type=Path, default=[], metavar="PATH",
+                        help="another image in the moving image's space (a scan of the same session, a label map, a "
+                             "segmentation) to carry onto the fixed grid, written beside the registered volume as "
+                             "<name>_registered; repeat for more")
+    parser.add_argument("--also-kind", action="append", choices=KINDS, default=[],
+                        help="how to carry the --also images: one for all, or one per --also in order (default: auto, "
+                             "label maps by their values)")
+    parser.add_argument("--qc", type=Path, metavar="DIR",
+                        help="write the quality report (index.html and PNG pictures) into DIR; needs matplotlib")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+def build_apply_parser() -> argparse.ArgumentParser:
+    """The parser of `oneclick-register apply`."""
+    from .applying import IMAGE_INTERPOLATIONS, KINDS, LABEL_INTERPOLATIONS
+
+    parser = _OneLineParser(
+        prog="oneclick-register apply",
+        description="Carry an image through a transform written by oneclick-register: INPUT in the moving image's "
+                    "space onto the fixed grid, or with --inverse, INPUT in the fixed image's space onto the moving "
+                    "grid.",
+    )
+    parser.add_argument("input", type=Path, metavar="INPUT", help="the image to carry: a scan, a label map, a DICOM folder")
+    parser.add_argument("--transform", type=Path, required=True,
+                        help="the transform oneclick-register wrote (.h5, .tfm; fixed -> moving, ITK)")
+    parser.add_argument("--reference", type=Path, required=True,
+                        help="the image whose grid the output takes: the fixed image, or with --inverse the moving image")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output volume, .nii.gz, .nii, .nrrd or .mha")
+    parser.add_argument("--inverse", action="store_true",
+                        help="INPUT lies in the fixed image's space: carry it with the inverse onto the moving grid")
+    parser.add_argument("--kind", choices=KINDS, default="auto",
+                        help="image (a scan), label (a label map) or auto (by its values; default)")
+    parser.add_argument("--image-interpolation", choices=IMAGE_INTERPOLATIONS, default="linear",
+                        help="for a scan (default: %(default)s)")
+    parser.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="nearest",
+                        help="for a label map (default: %(default)s)")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     _ProgressLine.open_line = False
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:  # many cases on a Dask cluster, with signals and outputs of its own (batch_cli.py)
+        from .batch_cli import main as batch_main
+
+        return batch_main(argv[1:])
     with _Run() as run:
         try:
-            args = build_parser().parse_args(argv)
             logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            if argv[:1] == ["apply"]:
+                return run_apply(build_apply_parser().parse_args(argv[1:]), run)
+            args = build_parser().parse_args(argv)
             if args.identify:
                 return identify(args.fixed, args.moving, run)
             if len(args.moving) != 1:
@@ -141,25 +212,46 @@ def identify(first: str, others: List[str], run: Optional["_Run"] = None) -> int
 
 def run_registration(args, run: Optional["_Run"] = None) -> int:
     """Check the output paths, read, register, write the outputs atomically, print the summary."""
+    result, written = register_and_write(args, run)
+    print(summary(result, written))
+    return 0
+
+
+def register_and_write(args, run: Optional["_Run"] = None, report_extra: Optional[dict] = None):
+    """One registration as the command line runs it, less the printed summary; (result, {name: path written}).
+
+    Checks the output paths, reads, registers and writes the outputs atomically, the report with the
+    entries of `report_extra` added.  `oneclick-register batch` runs each case through it (batch.py).
+    """
     import SimpleITK as sitk
 
-    from . import imageio
+    from . import applying, imageio
     from .pipeline import register
     from .presets import load_preset_table
 
     run = run or _Run()
-    inputs = [Path(args.fixed), Path(args.moving[0])]
+    inputs = [Path(args.fixed), Path(args.moving[0]), *args.also]
     for path in inputs:
         if not path.exists():
             raise InvalidInputError(f"{path}: no such file or folder; check the path")
+    kinds = _carried_kinds(args)
     outputs = _output_paths(args)
-    check_output_paths(outputs, inputs + ([args.preset_table] if args.preset_table else []))
+    checked_inputs = inputs + ([args.preset_table] if args.preset_table else [])
+    check_output_paths(outputs, checked_inputs)
+    carried_outputs = _carried_output_paths(args.also, outputs)
+    check_output_paths({f"also:{source}": path for source, path in carried_outputs.items()}, checked_inputs)
+    if args.qc is not None:
+        _check_qc_folder(args.qc, checked_inputs)
     fixed = imageio.read_image(args.fixed, args.fixed_series)
     run.check()
     moving = imageio.read_image(args.moving[0], args.moving_series)
     run.check()
     for loaded in (fixed, moving):
         _say_series(loaded)
+    carried = []
+    for source, kind in zip(args.also, kinds):
+        carried.append(_read_carried(source, kind, carried_outputs[source], moving.image))
+        run.check()
     table = load_preset_table(args.preset_table) if args.preset_table else None
     line = None if args.quiet else _ProgressLine(sys.stderr)
 
@@ -174,6 +266,7 @@ def run_registration(args, run: Optional["_Run"] = None) -> int:
         stages=args.stages, preset_table=table, progress=progress,
         fixed_hints=fixed.hints, moving_hints=moving.hints,
     )
+    written = dict(outputs)
     report = result.report()
     report.update({
         "fixed_path": str(fixed.path), "moving_path": str(moving.path),
@@ -188,13 +281,63 @@ def run_registration(args, run: Optional["_Run"] = None) -> int:
     run.stage(outputs["transform"], lambda path: sitk.WriteTransform(result.transform, str(path)))
     progress(1.0, f"writing the registered volume {outputs['volume'].name}")
     run.stage(outputs["volume"], lambda path: sitk.WriteImage(result.resampled_moving, str(path), True))
+    if carried:
+        report["also"] = []
+    for item in carried:
+        how = applying.describe_kind(item.kind)
+        progress(1.0, f"carrying {item.loaded.path.name} ({how}) onto the fixed grid")
+        moved = result.apply(item.loaded.image, kind=item.kind)
+        run.stage(item.output, lambda path: sitk.WriteImage(moved, str(path), True))
+        report["also"].append({"input": str(item.loaded.path), "output": str(item.output), "kind": item.kind,
+                               "carried_as": how})
+        written[f"also {item.loaded.path.name} ({how})"] = item.output
+    if args.qc is not None:
+        progress(1.0, f"drawing the quality report in {args.qc}")
+        _stage_quality_report(result, args.qc, f"{imageio.image_name(moving.path)} onto "
+                                               f"{imageio.image_name(fixed.path)}", run)
+        report["quality_report"] = str(args.qc / "index.html")
+        written["quality report"] = args.qc / "index.html"
+    report.update(report_extra or {})
     progress(1.0, f"writing the report {outputs['report'].name}")
     run.stage(outputs["report"], lambda path: path.write_text(json.dumps(report, indent=2), encoding="utf-8"))
     run.check()
     run.commit()
     if line is not None:
         line.finish()
-    print(summary(result, outputs))
+    return result, written
+
+
+def run_apply(args, run: Optional["_Run"] = None) -> int:
+    """`oneclick-register apply`: check the paths, read, carry INPUT through the transform, write it atomically."""
+    import SimpleITK as sitk
+
+    from . import applying, imageio
+
+    run = run or _Run()
+    for path, option in ((args.transform, "--transform"), (args.reference, "--reference"), (args.input, "INPUT")):
+        if not path.exists():
+            raise InvalidInputError(f"{option} {path}: no such file or folder; check the path")
+    check_output_paths({"output": args.output}, [args.transform, args.reference, args.input])
+    transform = _read_transform(args.transform)
+    if args.inverse:
+        transform = applying.inverse_of(transform)
+    reference = imageio.read_image(args.reference).image
+    run.check()
+    loaded = imageio.read_image(args.input)
+    run.check()
+    applying.check_carried_image(loaded.image, f"INPUT {args.input}")
+    kind = applying.image_kind(loaded.image, args.kind)
+    moved = applying.apply_transform(transform, loaded.image, reference, kind,
+                                     image_interpolation=args.image_interpolation,
+                                     label_interpolation=args.label_interpolation)
+    run.check()
+    run.stage(args.output, lambda path: sitk.WriteImage(moved, str(path), True))
+    run.check()
+    run.commit()
+    how = applying.describe_kind(kind, args.image_interpolation, args.label_interpolation)
+    direction = "inverse of " if args.inverse else ""
+    print(f"{args.input} ({how}) -> {args.output}, on the grid of {args.reference}, through the "
+          f"{direction}{args.transform}")
     return 0
 
 
@@ -230,6 +373,101 @@ def _output_paths(args) -> Dict[str, Path]:
     }
 
 
+@dataclass
+class _Carried:
+    """An --also image: as read, how it is carried ('image' or 'label') and where it is written."""
+
+    loaded: "LoadedImage"
+    kind: str
+    output: Path
+
+
+def _carried_kinds(args) -> List[str]:
+    """One --also-kind per --also image: none given means auto for all, one given applies to all."""
+    kinds, count = args.also_kind, len(args.also)
+    if kinds and not count:
+        raise InvalidInputError("--also-kind applies to --also images, and none was given; add --also PATH")
+    if len(kinds) > 1 and len(kinds) != count:
+        raise InvalidInputError(f"{len(kinds)} --also-kind for {count} --also images: give one for all of them "
+                                "or one per --also image, in the same order")
+    return kinds * count if len(kinds) == 1 else kinds or ["auto"] * count
+
+
+def _carried_output_paths(sources: List[Path], outputs: Dict[str, Path]) -> Dict[Path, Path]:
+    """Each --also image's output: <name>_registered, beside the registered volume and in its format."""
+    from .imageio import VOLUME_SUFFIXES, image_name
+
+    volume = outputs["volume"]
+    suffix = next(end for end in VOLUME_SUFFIXES if volume.name.lower().endswith(end))
+    taken = {path.resolve(): f"{OUTPUT_OPTIONS[role]} {path}" for role, path in outputs.items()}
+    carried = {}
+    for source in sources:
+        output = volume.parent / f"{image_name(source)}_registered{suffix}"
+        if output.resolve() in taken:
+            raise InvalidInputError(f"--also {source} would be written as {output}, as is {taken[output.resolve()]}; "
+                                    "give images with different names (the outputs are named after them)")
+        taken[output.resolve()] = f"--also {source}"
+        carried[source] = output
+    return carried
+
+
+def _read_carried(path: Path, kind: str, output: Path, moving) -> _Carried:
+    """Read an --also image and refuse one that cannot be carried or lies outside the moving image's space."""
+    from . import applying, imageio
+
+    loaded = imageio.read_image(path)
+    applying.check_carried_image(loaded.image, f"--also {path}")
+    if imageio.physical_overlap_fraction(loaded.image, moving) == 0.0:
+        raise InvalidInputError(f"--also {path} does not overlap the moving image in physical space; --also takes "
+                                "images in the moving image's space (of the same session), or fix its origin")
+    return _Carried(loaded, applying.image_kind(loaded.image, kind), output)
+
+
+def _check_qc_folder(folder: Path, inputs: List[Path]) -> None:
+    """The --qc folder can be made and written, is not inside an input DICOM folder, and matplotlib is there."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InvalidInputError("--qc draws with matplotlib, which is not installed: "
+                                "pip install \"oneclickregistration[qc]\" (or matplotlib), or leave out --qc")
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"--qc {folder} is a file; give a folder for the report")
+    resolved = folder.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if source.is_dir() and (resolved == source or source in resolved.parents):
+            raise InvalidInputError(f"--qc {folder} is inside the input DICOM folder {source}; "
+                                    "write the report to another folder")
+    _check_writable_folder(folder, "--qc")
+
+
+def _stage_quality_report(result, folder: Path, title: str, run: "_Run") -> None:
+    """Draw the quality report and stage its files (index.html, PNGs) in `folder` like every other output."""
+    from .quality_report import quality_report_files
+
+    for name, content in quality_report_files(result, title).items():
+        run.stage(folder / name, lambda path: path.write_bytes(content))
+
+
+def _read_transform(path: Path):
+    """The transform in `path`, or a one-line error naming the file and the fix."""
+    import SimpleITK as sitk
+
+    if path.is_dir():
+        raise InvalidInputError(f"--transform {path} is a folder; give the transform file oneclick-register wrote")
+    try:
+        return sitk.ReadTransform(str(path))
+    except RuntimeError as error:
+        raise InvalidInputError(f"--transform {path} cannot be read as an ITK transform ({_itk_reason(error)}); give "
+                                "the .h5 or .tfm file oneclick-register wrote (--output-transform)") from None
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The sentence of an ITK exception after 'ITK ERROR: Class(0x...):', without the source location and lists."""
+    for line in str(error).splitlines():
+        if "ITK ERROR:" in line:
+            return line.split("ITK ERROR:", 1)[1].split("): ", 1)[-1].strip()
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+
+
 # --------------------------------------------------------------------------- output paths
 
 
@@ -244,10 +482,12 @@ def check_output_paths(outputs: Dict[str, Path], inputs: List[Path]) -> None:
     """
     from .imageio import VOLUME_SUFFIXES, input_files
 
-    allowed = {"transform": TRANSFORM_SUFFIXES, "volume": VOLUME_SUFFIXES, "report": REPORT_SUFFIXES}
+    allowed = {"transform": TRANSFORM_SUFFIXES, "volume": VOLUME_SUFFIXES, "report": REPORT_SUFFIXES,
+               "also": VOLUME_SUFFIXES, "output": VOLUME_SUFFIXES}
     sources = [(Path(source), file) for source in inputs if Path(source).exists()
                for file in [Path(source), *input_files(source)]]
-    for role, path in outputs.items():  # their suffixes differ, so two outputs cannot be one file
+    for name, path in outputs.items():  # each output's name differs (checked beforehand for --also images)
+        role = name.split(":", 1)[0]  # "transform", "volume", "report", "output" (apply) or "also:<image>"
         option = OUTPUT_OPTIONS[role]
         resolved = path.resolve()
         for source, file in sources:
@@ -259,7 +499,8 @@ def check_output_paths(outputs: Dict[str, Path], inputs: List[Path]) -> None:
                                         "choose another output path")
         if not path.name.lower().endswith(allowed[role]):
             written_as = _suffix(path) or "a file without suffix"
-            raise InvalidInputError(f"{option} {path}: a {role} cannot be written as {written_as}; "
+            noun = "volume" if role in ("also", "output") else role
+            raise InvalidInputError(f"{option} {path}: a {noun} cannot be written as {written_as}; "
                                     f"end the name with {', '.join(allowed[role])}")
         if path.is_dir():
             raise InvalidInputError(f"{option} {path} is a folder; give a file name")

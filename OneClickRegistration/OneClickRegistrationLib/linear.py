@@ -61,6 +61,8 @@ SAMPLING_SEED = 20240607
 DISTINCT_POSE_DEG = 10.0
 DISTINCT_POSE_MM = 10.0
 NEAR_TIE_FRACTION = 0.03
+# What SimpleITK says when a Python command raised during Execute.
+_CALLBACK_ERROR = "error executing the Python Callable"
 # During an optimisation, at most one progress message per this many seconds:
 # optimizers iterate many times a second, and each message may repaint a GUI.
 REPORT_INTERVAL_S = 0.2
@@ -529,7 +531,16 @@ def _execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: si
             method.StopRegistration()
 
     method.AddCommand(sitk.sitkIterationEvent, command)
-    result = method.Execute(fixed, moving)
+    try:
+        result = method.Execute(fixed, moving)
+    except RuntimeError as error:
+        if raised:
+            raise raised[0] from None
+        if _CALLBACK_ERROR in str(error):
+            # The command failed before its own handler ran: only an asynchronous exception does
+            # that, a Ctrl-C landing on the command's first instruction.
+            raise KeyboardInterrupt() from None
+        raise
     if raised:
         raise raised[0]
     return result

@@ -128,7 +128,7 @@ def display_frame(fixed: sitk.Image) -> DisplayFrame:
                         slice_center=points.mean(axis=0), field_mm=max(field, 1e-3))
 
 
-def _plane_grid(frame: DisplayFrame, plane: str, pixels: int) -> sitk.Image:
+def plane_grid(frame: DisplayFrame, plane: str, pixels: int) -> sitk.Image:
     """An empty image that is one plane of `frame`: (pixels x pixels x 1) in the plane's two axes."""
     # In-plane centre: the frame's centre; along the normal: through the head's centre of mass.
     normal = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
@@ -147,7 +147,7 @@ def _plane_grid(frame: DisplayFrame, plane: str, pixels: int) -> sitk.Image:
     return grid
 
 
-def _to_screen(volume: np.ndarray, plane: str) -> np.ndarray:
+def to_screen(volume: np.ndarray, plane: str) -> np.ndarray:
     """The 2D screen array of a resampled plane (array order z, y, x), radiological convention."""
     if plane == "axial":
         return volume[0]  # rows: anterior -> posterior, columns: patient right -> left
@@ -156,13 +156,14 @@ def _to_screen(volume: np.ndarray, plane: str) -> np.ndarray:
     return volume[::-1, :, 0]  # sagittal; columns: anterior -> posterior
 
 
-def _sample(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform, plane: str,
-            interpolator=sitk.sitkLinear) -> np.ndarray:
+def sample_plane(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform, plane: str,
+                 interpolator=sitk.sitkLinear) -> np.ndarray:
+    """`image` through `transform` on the plane `grid` (see plane_grid), as a float32 screen array (0 outside)."""
     resampled = sitk.Resample(image, grid, transform, interpolator, 0.0, sitk.sitkFloat32)
-    return _to_screen(sitk.GetArrayFromImage(resampled), plane)
+    return to_screen(sitk.GetArrayFromImage(resampled), plane)
 
 
-def _robust_range(image: sitk.Image) -> Tuple[float, float]:
+def display_window(image: sitk.Image) -> Tuple[float, float]:
     """Display window: the 0.5th percentile of all voxels (the background, black) to the 99.5th percentile of
     the voxels above the minimum (so that a large empty background does not make the head white)."""
     values = sitk.GetArrayViewFromImage(image).astype(np.float64, copy=False).ravel()
@@ -189,27 +190,33 @@ def _edges(panel: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return edges & interior
 
 
-def comparison_panels(fixed: sitk.Image, moving: sitk.Image, transform=None,
-                      panel_pixels: int = PANEL) -> Dict[str, Dict[str, np.ndarray]]:
+def comparison_panels(fixed: sitk.Image, moving: sitk.Image, transform=None, panel_pixels: int = PANEL,
+                      frame: Optional[DisplayFrame] = None,
+                      windows: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
+                      ) -> Dict[str, Dict[str, np.ndarray]]:
     """For each plane: 'fixed', 'before' and 'after' (moving) as 0..1 arrays, and their edge masks.
 
     `transform` maps fixed physical points to moving ones (ITK convention, as
     `register()` returns it); it may be a RegistrationResult (its `.transform`).
     'before' shows the moving image where its header puts it (identity).
+    `frame`: the planes to show (default: display_frame(fixed)) and `windows`:
+    the fixed and moving display windows (default: display_window of each),
+    for a caller that draws more pictures of the same planes or finds them on
+    a smaller copy of the images.
     """
     after_transform = _as_transform(transform)
     identity = sitk.Transform(3, sitk.sitkIdentity)
-    frame = display_frame(fixed)
-    fixed_window, moving_window = _robust_range(fixed), _robust_range(moving)
+    frame = frame or display_frame(fixed)
+    fixed_window, moving_window = windows or (display_window(fixed), display_window(moving))
     domain = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
     domain.CopyInformation(moving)
     panels = {}
     for plane in PLANES:
-        grid = _plane_grid(frame, plane, panel_pixels)
-        entry = {"fixed": _normalise(_sample(fixed, grid, identity, plane), fixed_window)}
+        grid = plane_grid(frame, plane, panel_pixels)
+        entry = {"fixed": _normalise(sample_plane(fixed, grid, identity, plane), fixed_window)}
         for name, mapping in (("before", identity), ("after", after_transform)):
-            values = _normalise(_sample(moving, grid, mapping, plane), moving_window)
-            inside = _sample(domain, grid, mapping, plane, sitk.sitkNearestNeighbor) > 0
+            values = _normalise(sample_plane(moving, grid, mapping, plane), moving_window)
+            inside = sample_plane(domain, grid, mapping, plane, sitk.sitkNearestNeighbor) > 0
             entry[name] = values
             entry[name + "_edges"] = _edges(values, inside)
         panels[plane] = entry
@@ -269,7 +276,7 @@ def draw_text(canvas: np.ndarray, text: str, x: int, y: int, scale: int = 2, col
         canvas[rows, cols][sub] = colour
 
 
-def _panel_rgb(fixed: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def panel_rgb(fixed: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """The fixed panel in grey with the edges drawn over it, two pixels wide (a cross-shaped dilation)."""
     grey = (fixed * 255.0).round().astype(np.uint8)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
@@ -299,7 +306,7 @@ def compose_picture(panels: Dict[str, Dict[str, np.ndarray]], title: str = "", s
         for row, name in enumerate(("before", "after")):
             top = TITLE_BAR + PLANE_ROW + row * (size + GAP)
             edges = panels[plane][name + "_edges"]
-            canvas[top:top + size, left:left + size] = _panel_rgb(panels[plane]["fixed"], edges)
+            canvas[top:top + size, left:left + size] = panel_rgb(panels[plane]["fixed"], edges)
             draw_text(canvas, orientation[plane], left + 4, top + size // 2 - 7, scale=2, colour=DIM_TEXT)
     # One size for every row label: the largest at which the widest one fits the label column.
     scale = next((s for s in (3, 2) if max(text_width(label, s) for label in row_labels) <= LABEL_COLUMN - GAP - 4), 1)

@@ -15,11 +15,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from . import deformable, evidence, imageio, score
+from . import applying, deformable, evidence, imageio, score
 from .errors import InvalidInputError
 from .linear import LinearStages
 from .modality import UNKNOWN, ModalityGuess, identify_modality, parse_modality
@@ -65,6 +66,9 @@ class RegistrationResult:
     stages: list = field(default_factory=list)
     seconds: float = 0.0
     score_description: str = ""
+    # The registration's inputs (references, not copies): the grids and images `apply` and `quality_report` use.
+    fixed_image: Optional[sitk.Image] = None
+    moving_image: Optional[sitk.Image] = None
 
     @property
     def score(self) -> float:
@@ -90,6 +94,40 @@ class RegistrationResult:
             if stage.name == name:
                 return stage
         raise KeyError(f"stage {name!r} did not run; stages run: {[s.name for s in self.stages]}")
+
+    def apply(self, image: sitk.Image, *, kind: str = "auto", inverse: bool = False,
+              image_interpolation: str = "linear", label_interpolation: str = "nearest") -> sitk.Image:
+        """Carry another image through this registration (see `applying`): a scan, a label map, a segmentation.
+
+        inverse=False: `image` lies in the moving image's space (another scan
+        of the same session, a label map drawn on the moving image) and comes
+        out on the fixed grid.  inverse=True: `image` lies in the fixed image's
+        space and comes out on the moving grid.  kind: "auto", "image" or "label".
+        """
+        if inverse:
+            return applying.apply_transform(self.inverse_transform, image, self._input("moving_image"), kind,
+                                            image_interpolation=image_interpolation,
+                                            label_interpolation=label_interpolation)
+        return applying.apply_transform(self.transform, image, self._input("fixed_image"), kind,
+                                        image_interpolation=image_interpolation,
+                                        label_interpolation=label_interpolation)
+
+    def quality_report(self, directory) -> Path:
+        """Write the quality-control report (index.html and its PNG pictures) into `directory`; its index.html.
+
+        Needs matplotlib (pip install "oneclickregistration[qc]"), imported only here.
+        """
+        from .quality_report import write_quality_report
+
+        return write_quality_report(self, directory)
+
+    def _input(self, name: str) -> sitk.Image:
+        """The registration input `name` ('fixed_image' or 'moving_image'), or why a result made by hand has none."""
+        image = getattr(self, name)
+        if image is None:
+            raise InvalidInputError(f"this result does not carry its {name.replace('_', ' ')} (it was made without "
+                                    "register()); use applying.apply_transform with the image's grid instead")
+        return image
 
     def report(self) -> dict:
         """A JSON-serialisable summary (the CLI's --report file)."""
@@ -241,6 +279,8 @@ def register(
         stages=results,
         seconds=time.perf_counter() - start,
         score_description=scorer.description,
+        fixed_image=fixed,
+        moving_image=moving,
     )
 
 
@@ -318,7 +358,7 @@ def _identical_images_result(fixed, moving, identity, fixed_guess, moving_guess,
         resampled_moving=imageio.resample_onto(moving, fixed, identity),
         fixed_modality=fixed_guess, moving_modality=moving_guess, preset=preset,
         initial_score=perfect, stages=results, seconds=time.perf_counter() - start,
-        score_description=scorer.description,
+        score_description=scorer.description, fixed_image=fixed, moving_image=moving,
     )
 
 
