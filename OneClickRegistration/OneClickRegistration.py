@@ -1,10 +1,13 @@
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Annotated, Callable, Optional
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Callable, Optional, Union
 
 import qt
 import vtk
@@ -16,15 +19,18 @@ from slicer.ScriptedLoadableModule import *  # noqa: F403
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 # Heavy packages (numpy, SimpleITK, numba) and the registration itself are used only
 # after the dependency check; the registration runs in a worker process so that
-# Slicer stays responsive (OneClickRegistrationLib.background).
+# Slicer stays responsive (OneClickRegistrationLib.background).  matplotlib, which
+# draws the quality report, is asked for and imported only when a report is saved.
 
 AUTO = "Auto"
 MODALITY_CHOICES = (AUTO, "T1", "T2", "FLAIR", "CT")
 STAGE_NAMES = ("rigid", "affine", "deformable")
+# The nodes that can be carried along with the moving volume (placed under the result's transform).
+CARRIED_NODE_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode")
 DOCUMENTATION_URL = "https://github.com/OneClickRegistration/SlicerOneClickRegistration#readme"
 # How often the panel asks the worker for news while a registration runs.
 POLL_INTERVAL_MS = 200
@@ -57,7 +63,14 @@ usable, and <b>Cancel</b> stops it and leaves the scene as it was.</p>
 <p>Each step gets a <b>score</b> from -1 to 1 that measures how well the two scans match where they
 overlap (1 is a perfect match). A step is kept only if it does not lower the score. The verdict reads
 <i>good</i>, <i>check visually</i> or <i>failed</i>; always check the result by scrolling through the
-blended views. <b>Undo</b> in the Advanced section removes the result and restores the scene.</p>
+blended views.</p>
+<p>The segmentations and label maps of the moving volume move with it: those under its transform or, when
+the fixed volume is under the same one, those drawn on the moving volume. <i>Also carry</i> in the
+Advanced section adds others. <b>Harden</b> makes the result permanent for everything that was moved.
+<b>Undo</b> in the Advanced section reverses the last step: the harden, or else the registration.</p>
+<p><b>Save quality report...</b> writes, into a folder you choose, an index.html with pictures of the
+alignment before and after, a checkerboard and the table of stages, to check and to file. It is drawn
+with matplotlib, which the module offers to install the first time.</p>
 <p>See the {link_start}module documentation{link_end}.</p>
 """).format(link_start=f'<a href="{DOCUMENTATION_URL}">', link_end="</a>")
         self.parent.acknowledgementText = _("""
@@ -81,9 +94,12 @@ class OneClickRegistrationParameterNode:
     presetName - "Auto" for the row matching the modalities, or a preset name of the table in use.
     presetTablePath - a user preset table; empty for the bundled one.
     createResampledVolume - also create the moving volume resampled on the fixed grid.
+    carryMovingVolumeNodes - move the segmentations and label maps of the moving volume with it.
+    alsoCarry - more segmentations and label maps to move with it (in the moving volume's coordinates).
 
     presetName and presetTablePath are kept in step with their widgets by the widget
     class: the list of preset names depends on the table, which a Choice cannot express.
+    alsoCarry too: the wrapper has no connector for a checkable node combo box.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -96,6 +112,8 @@ class OneClickRegistrationParameterNode:
     presetName: str = AUTO
     presetTablePath: str = ""
     createResampledVolume: bool = False
+    carryMovingVolumeNodes: bool = True
+    alsoCarry: list[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
 
 
 #
@@ -117,6 +135,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._parameterNodeGuiTag = None
         self._job = None
         self._shownPresetTablePath = None
+        self._qualityReportFolder = ""
         self.lastOutcome = None
 
     def setup(self) -> None:
@@ -133,6 +152,9 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        self.ui.hardenButton.connect("clicked(bool)", self.onHardenButton)
+        self.ui.saveQualityReportButton.connect("clicked(bool)", self.onSaveQualityReportButton)
+        self.ui.alsoCarryComboBox.connect("checkedNodesChanged()", self.onAlsoCarryChanged)
         self.ui.presetComboBox.connect("currentTextChanged(QString)", self.onPresetNameChanged)
         self.ui.presetTablePathLineEdit.connect("currentPathChanged(QString)", self.onPresetTablePathChanged)
         self.ui.bundledPresetTableButton.connect("clicked(bool)", self.onUseBundledPresetTable)
@@ -140,7 +162,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.pollTimer.setInterval(POLL_INTERVAL_MS)
         self.pollTimer.connect("timeout()", self._pollRegistration)
         self.ui.progressBar.visible = False
-        self.ui.undoButton.enabled = False
+        self._updateResultButtons()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -171,7 +193,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.cancelRegistration()
         self.setParameterNode(None)
         self.lastOutcome = None
-        self.ui.undoButton.enabled = False
+        self._updateResultButtons()
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
@@ -196,9 +218,23 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Show the preset table and preset of the parameter node; update the Register button."""
+        """Show the preset table, preset and nodes to carry of the parameter node; update the Register button."""
         self._showPresetTable()
+        self._showAlsoCarry()
         self._checkCanApply()
+
+    def _showAlsoCarry(self) -> None:
+        """Check exactly the parameter node's alsoCarry nodes in the combo box, without echoing signals back."""
+        chosen = [node for node in self._parameterNode.alsoCarry if node is not None]
+        chosenIDs = {node.GetID() for node in chosen}
+        combo = self.ui.alsoCarryComboBox
+        wasBlocked = combo.blockSignals(True)
+        for node in combo.checkedNodes():
+            if node.GetID() not in chosenIDs:
+                combo.setCheckState(node, qt.Qt.Unchecked)
+        for node in chosen:
+            combo.setCheckState(node, qt.Qt.Checked)
+        combo.blockSignals(wasBlocked)
 
     def _showPresetTable(self) -> None:
         """Show the parameter node's preset table (path field, list read once per table) and preset,
@@ -271,7 +307,9 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             fixedModality=parameters.fixedModality, movingModality=parameters.movingModality,
             stages=self._selectedStages(), presetName=parameters.presetName,
             presetTablePath=parameters.presetTablePath or None,
-            createResampledVolume=parameters.createResampledVolume)
+            createResampledVolume=parameters.createResampledVolume,
+            carryMovingVolumeNodes=parameters.carryMovingVolumeNodes,
+            alsoCarry=[node for node in parameters.alsoCarry if node is not None])
         self._setRunning(True)
         self.pollTimer.start()
 
@@ -313,16 +351,17 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             slicer.util.errorDisplay(_("Registration failed.") + f"\n\n{error}")
             return
         self.lastOutcome = outcome
-        self.ui.undoButton.enabled = True
+        self._updateResultButtons()
         self.ui.resultTextEdit.plainText = self.logic.summary(outcome)
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=outcome.result.seconds)
 
     def _setRunning(self, running: bool) -> None:
-        """Register becomes Cancel; inputs, settings and Undo cannot change while a registration runs."""
-        for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton, self.ui.undoButton):
+        """Register becomes Cancel; inputs, settings and the result's actions are locked while a registration runs."""
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.advancedCollapsibleButton,
+                       self.ui.undoButton, self.ui.hardenButton, self.ui.saveQualityReportButton):
             widget.enabled = not running
         if not running:
-            self.ui.undoButton.enabled = self.lastOutcome is not None
+            self._updateResultButtons()
         self.ui.progressBar.visible = running
         self.ui.progressBar.value = 0
         if running:
@@ -334,16 +373,64 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         else:
             self._checkCanApply()
 
+    def _updateResultButtons(self) -> None:
+        """Harden while the last result is not hardened yet; a report while there is a result; Undo says
+        which step it reverses."""
+        outcome = self.lastOutcome
+        hardened = outcome is not None and outcome.hardened
+        self.ui.hardenButton.enabled = outcome is not None and not hardened
+        self.ui.saveQualityReportButton.enabled = outcome is not None
+        self.ui.undoButton.enabled = outcome is not None
+        if hardened:
+            self.ui.undoButton.text = _("Undo harden")
+            self.ui.undoButton.toolTip = _("Give the moved volume, segmentations and label maps back the "
+                                           "geometry they had before Harden, under the result's transform.")
+        else:
+            self.ui.undoButton.text = _("Undo registration")
+            self.ui.undoButton.toolTip = _("Remove the last result and give the moving volume and everything "
+                                           "moved with it back their previous transform.")
+
+    def onHardenButton(self) -> None:
+        """Make the last result permanent for the moving volume and everything moved with it."""
+        if self.lastOutcome is None or self.isRunning():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Harden failed."), waitCursor=True):
+            nodes = self.logic.harden(self.lastOutcome)
+            self.ui.statusLabel.text = _("Hardened: {names}.").format(names=", ".join(node.GetName() for node in nodes))
+            self._updateResultButtons()
+
+    def onSaveQualityReportButton(self) -> None:
+        """Ask for a folder and save the last result's quality report in it; say where, or why not."""
+        if self.lastOutcome is None or self.isRunning():
+            return
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Folder for the quality report"), self._qualityReportFolder)
+        if not folder:
+            return  # the user cancelled
+        self._qualityReportFolder = folder
+        with slicer.util.tryWithErrorDisplay(_("The quality report was not saved."), waitCursor=True):
+            index = self.logic.saveQualityReport(self.lastOutcome, folder)
+            self.ui.statusLabel.text = _("Quality report saved: {path}").format(path=index)
+
     def onUndoButton(self) -> None:
-        """Remove the last result and restore the moving volume's previous transform."""
+        """Undo the last step: the harden, or else the registration."""
         if self.lastOutcome is None or self.isRunning():
             return
         with slicer.util.tryWithErrorDisplay(_("Undo failed.")):
+            undoingHarden = self.lastOutcome.hardened
             self.logic.undo(self.lastOutcome)
-            self.lastOutcome = None
-            self.ui.undoButton.enabled = False
-            self.ui.resultTextEdit.plainText = ""
-            self.ui.statusLabel.text = _("Registration undone.")
+            if undoingHarden:
+                self.ui.statusLabel.text = _("Harden undone: the moved nodes are under the result's transform again.")
+            else:
+                self.lastOutcome = None
+                self.ui.resultTextEdit.plainText = ""
+                self.ui.statusLabel.text = _("Registration undone.")
+            self._updateResultButtons()
+
+    def onAlsoCarryChanged(self) -> None:
+        """The user checked or unchecked a node to carry along: store the checked ones."""
+        if self._parameterNode is not None:
+            self._parameterNode.alsoCarry = list(self.ui.alsoCarryComboBox.checkedNodes())
 
     def onPresetNameChanged(self, name: str) -> None:
         """The user picked a preset: store it (the combo is not bound by the wrapper, see the parameter node)."""
@@ -374,13 +461,40 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
 
 @dataclass
+class OneClickRegistrationNodeState:
+    """A node's content and parent transform at one moment, to put them back (undoing a Harden).
+
+    content - a node of the same class, never added to the scene, holding a deep copy
+    (vtkMRMLNode::CopyContent: a volume's voxels and geometry, a segmentation's segments).
+    """
+
+    node: object
+    content: object
+    parentTransformID: Optional[str]
+
+    @classmethod
+    def of(cls, node) -> "OneClickRegistrationNodeState":
+        content = slicer.mrmlScene.CreateNodeByClass(node.GetClassName())
+        content.UnRegister(None)  # owned by the Python variable now, as in Slicer's own scripts
+        content.CopyContent(node)
+        return cls(node=node, content=content, parentTransformID=node.GetTransformNodeID())
+
+    def restore(self) -> None:
+        with slicer.util.NodeModify(self.node):
+            self.node.CopyContent(self.content)
+            self.node.SetAndObserveTransformNodeID(self.parentTransformID)
+
+
+@dataclass
 class OneClickRegistrationOutcome:
     """What one registration put in the scene, and the library's full result.
 
     result - the library's RegistrationResult (modalities, preset, stage scores, transforms).
     transformNode - places the moving volume onto the fixed volume.
     resampledVolumeNode - the moving volume resampled on the fixed grid, or None.
-    previousParentTransformID - the moving volume's parent transform before, for undo.
+    carriedNodes - the segmentations and label maps placed under transformNode with the moving volume.
+    previousParentTransformIDs - node ID -> parent transform ID before, for every moved node, for undo.
+    hardenedStates - the moved nodes as they were before Harden (empty while not hardened), for undo.
     """
 
     result: object
@@ -388,17 +502,30 @@ class OneClickRegistrationOutcome:
     movingVolumeNode: object
     transformNode: object
     resampledVolumeNode: object = None
-    previousParentTransformID: Optional[str] = None
+    carriedNodes: list = field(default_factory=list)
+    previousParentTransformIDs: dict = field(default_factory=dict)
+    hardenedStates: list = field(default_factory=list)
+
+    @property
+    def movedNodes(self) -> list:
+        """The moving volume and the nodes carried along with it."""
+        return [self.movingVolumeNode, *self.carriedNodes]
+
+    @property
+    def hardened(self) -> bool:
+        return bool(self.hardenedStates)
 
 
 class OneClickRegistrationJob:
-    """A registration running in a worker process, with the nodes it was started for."""
+    """A registration running in a worker process, with the nodes it was started for and those to carry."""
 
-    def __init__(self, background, fixedVolumeNode, movingVolumeNode, createResampledVolume: bool) -> None:
+    def __init__(self, background, fixedVolumeNode, movingVolumeNode, createResampledVolume: bool,
+                 carriedNodes=()) -> None:
         self.background = background
         self.fixedVolumeNode = fixedVolumeNode
         self.movingVolumeNode = movingVolumeNode
         self.createResampledVolume = createResampledVolume
+        self.carriedNodes = list(carriedNodes)
         self.startTime = time.time()
 
     @property
@@ -420,6 +547,7 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         logic = slicer.util.getModuleLogic("OneClickRegistration")
         outcome = logic.register(getNode("MRBrainT1"), getNode("CTBrain"))
         print(logic.summary(outcome))
+        logic.saveQualityReport(outcome, "~/qc")   # index.html and its PNG pictures
     """
 
     def __init__(self) -> None:
@@ -442,6 +570,19 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         dependency_handler().ensure(requester="OneClickRegistration")
 
+    @staticmethod
+    def ensureQualityReportDependencies() -> None:
+        """Install matplotlib, which draws the quality report, with the user's consent if it is missing.
+
+        As ensureDependencies: asked in one dialog, Slicer's numpy, scipy and SimpleITK pinned, nothing
+        installed in testing mode; outside Slicer the error names the pip command.  Raises
+        MissingDependencyError when it is missing and not installed.
+        """
+        from OneClickRegistrationLib.dependencies import QUALITY_REPORT_REQUIREMENTS, dependency_handler
+
+        dependency_handler().ensure_requirements(QUALITY_REPORT_REQUIREMENTS,
+                                                 requester="OneClickRegistration quality report")
+
     def register(
         self,
         fixedVolumeNode: vtkMRMLScalarVolumeNode,
@@ -453,10 +594,12 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         presetName: Optional[str] = None,
         presetTablePath: Optional[str] = None,
         createResampledVolume: bool = False,
+        carryMovingVolumeNodes: bool = True,
+        alsoCarry=(),
         showResult: bool = True,
         progress: Optional[Callable[[float, str], None]] = None,
     ) -> OneClickRegistrationOutcome:
-        """Align the moving volume to the fixed volume and place it under the resulting transform.
+        """Align the moving volume to the fixed volume; place it, and what belongs to it, under the resulting transform.
 
         Synchronous (for scripts and tests); the work runs in a worker process all the same.
 
@@ -465,17 +608,23 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param presetName: None or "Auto" for the preset matching the modalities, or a preset's name.
         :param presetTablePath: a preset table JSON file; None for the bundled table.
         :param createResampledVolume: also add the moving volume resampled on the fixed grid.
-        :param showResult: show fixed and moving blended in the slice views.
+        :param carryMovingVolumeNodes: also move the segmentations and label maps of the moving volume
+            (see nodesOfMovingVolume).
+        :param alsoCarry: more segmentations and label maps to move with it; they must be in the moving
+            volume's coordinates (under the same parent transform).
+        :param showResult: show the fixed volume as background and the moved one over it in the slice views.
         :param progress: called as progress(fraction, message) at least once a second;
             raise RegistrationCancelled from it to stop (the worker ends within 2 s).
-        :return: the created nodes and the library's result (scores, modalities, preset, time).
+        :return: the created nodes, the carried ones and the library's result (scores, modalities, preset, time).
 
-        Nothing in the scene changes unless the registration succeeds.
+        Nothing in the scene changes unless the registration succeeds; `harden` then makes it
+        permanent, `undo` reverses the last of the two.
         """
         job = self.startRegistration(
             fixedVolumeNode, movingVolumeNode, fixedModality=fixedModality, movingModality=movingModality,
             stages=stages, presetName=presetName, presetTablePath=presetTablePath,
-            createResampledVolume=createResampledVolume)
+            createResampledVolume=createResampledVolume, carryMovingVolumeNodes=carryMovingVolumeNodes,
+            alsoCarry=alsoCarry)
         try:
             while not job.done:
                 update = job.latestProgress()
@@ -492,14 +641,17 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     def startRegistration(self, fixedVolumeNode, movingVolumeNode, *, fixedModality=None, movingModality=None,
                           stages=STAGE_NAMES, presetName=None, presetTablePath=None,
-                          createResampledVolume: bool = False) -> OneClickRegistrationJob:
+                          createResampledVolume: bool = False, carryMovingVolumeNodes: bool = True,
+                          alsoCarry=()) -> OneClickRegistrationJob:
         """Check the inputs and start the registration in a worker process; returns at once.
 
         The images are copied out of the scene now, so later changes to the nodes do not
-        change this run.  Raises ValueError (one line, naming the fix) for unusable inputs.
+        change this run; the nodes to carry along are chosen now too.  Raises ValueError
+        (one line, naming the fix) for unusable inputs.
         """
         self._validateVolumeNode(fixedVolumeNode, _("fixed volume"))
         self._validateVolumeNode(movingVolumeNode, _("moving volume"))
+        carriedNodes = self.nodesToCarry(fixedVolumeNode, movingVolumeNode, carryMovingVolumeNodes, alsoCarry)
         self.ensureDependencies()
         import sitkUtils
         from OneClickRegistrationLib.background import BackgroundRegistration
@@ -520,10 +672,11 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             resampled_moving=createResampledVolume,
         )
         background.start()
-        return OneClickRegistrationJob(background, fixedVolumeNode, movingVolumeNode, createResampledVolume)
+        return OneClickRegistrationJob(background, fixedVolumeNode, movingVolumeNode, createResampledVolume,
+                                       carriedNodes)
 
     def finishRegistration(self, job: OneClickRegistrationJob, showResult: bool = True) -> OneClickRegistrationOutcome:
-        """Wait for the worker's result and put it in the scene.
+        """Wait for the worker's result and put it in the scene, with the carried nodes that are still there.
 
         Raises RegistrationCancelled if the run was cancelled, the library's error if it failed,
         and RuntimeError if an input volume left the scene meanwhile; the scene is then unchanged.
@@ -533,19 +686,177 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             if node.GetScene() is not slicer.mrmlScene:
                 raise RuntimeError(_("The volume {name} was removed during the registration; "
                                      "the result was discarded.").format(name=node.GetName()))
-        outcome = self._addResultToScene(result, job.fixedVolumeNode, job.movingVolumeNode, job.createResampledVolume)
+        carriedNodes = [node for node in job.carriedNodes if node.GetScene() is slicer.mrmlScene]
+        outcome = self._addResultToScene(result, job.fixedVolumeNode, job.movingVolumeNode, job.createResampledVolume,
+                                         carriedNodes)
         if showResult:
             slicer.util.setSliceViewerLayers(background=job.fixedVolumeNode, foreground=job.movingVolumeNode,
                                              foregroundOpacity=0.5, fit=True)
         logging.info(f"Registration completed in {time.time() - job.startTime:.2f} seconds")
         return outcome
 
+    def harden(self, outcome: OneClickRegistrationOutcome) -> list:
+        """Make the result permanent for the moving volume and every node carried with it.
+
+        Slicer's Harden transform on each node still under the result's transform: a linear
+        result goes into a volume's IJK-to-RAS (the voxels stay), a non-linear one resamples the
+        voxels and segments; the nodes then have no parent transform and the transform node stays.
+        What each node was is kept, so that `undo(outcome)` reverses it.  Returns the hardened nodes.
+        """
+        if outcome.hardened:
+            raise ValueError(_("This result is already hardened."))
+        nodes = [node for node in outcome.movedNodes
+                 if node.GetScene() is slicer.mrmlScene and node.GetTransformNodeID() == outcome.transformNode.GetID()]
+        if not nodes:
+            raise ValueError(_("Nothing is under the transform {name} any more; there is nothing to harden.").format(
+                name=outcome.transformNode.GetName()))
+        states = [OneClickRegistrationNodeState.of(node) for node in nodes]
+        try:
+            for node in nodes:
+                node.HardenTransform()
+        except Exception:
+            for state in states:
+                state.restore()
+            raise
+        outcome.hardenedStates = states
+        logging.info(f"Hardened {outcome.transformNode.GetName()} on {', '.join(node.GetName() for node in nodes)}")
+        return nodes
+
+    def saveQualityReport(self, outcome: OneClickRegistrationOutcome, directory) -> Path:
+        """Write the quality report of a result into `directory` (created if needed); returns its index.html.
+
+        The same report as `oneclick-register --qc DIR`: index.html (verdict, modalities, the table of
+        stages, the pictures embedded) and its PNG pictures, titled "<moving> onto <fixed>".  matplotlib
+        is made sure of first (ensureQualityReportDependencies).  The report is drawn into a new folder
+        beside `directory` and only then renamed into place (its files moved in, if `directory` exists,
+        replacing an earlier report's), so a failure leaves nothing behind.  Raises ValueError (one
+        line) when `directory` is a file.
+        """
+        directory = Path(directory).expanduser().resolve()
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(_("{path} is a file; choose a folder for the quality report.").format(path=directory))
+        self.ensureQualityReportDependencies()
+        from OneClickRegistrationLib.quality_report import INDEX, write_quality_report
+
+        title = f"{outcome.movingVolumeNode.GetName()} onto {outcome.fixedVolumeNode.GetName()}"
+        staging = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.partial"
+        created = []
+        try:
+            self._makeFolders(staging, created)
+            write_quality_report(outcome.result, staging, title)
+            self._moveIntoPlace(staging, directory)
+        except BaseException:
+            for folder in reversed(created):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        logging.info(f"Quality report of {title} saved in {directory}")
+        return directory / INDEX
+
+    @staticmethod
+    def _makeFolders(folder: Path, created: list) -> None:
+        """mkdir -p `folder`, appending each folder it creates (outermost first) to `created`, to remove them."""
+        missing = [path for path in (folder, *folder.parents) if not path.exists()]
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+
+    @staticmethod
+    def _moveIntoPlace(staging: Path, directory: Path) -> None:
+        """Rename the finished folder to `directory`; if that exists, move the files into it instead."""
+        if not directory.exists():
+            staging.rename(directory)
+            return
+        for path in staging.iterdir():
+            os.replace(path, directory / path.name)
+        staging.rmdir()
+
     def undo(self, outcome: OneClickRegistrationOutcome) -> None:
-        """Remove what `register` added and give the moving volume back its previous transform."""
-        outcome.movingVolumeNode.SetAndObserveTransformNodeID(outcome.previousParentTransformID)
+        """Reverse the last step: a Harden (the nodes get back their content and parent transform), or
+        else the registration (what it added is removed, every moved node gets its parent transform back)."""
+        if outcome.hardened:
+            self._undoHarden(outcome)
+        else:
+            self._undoRegistration(outcome)
+
+    @staticmethod
+    def _undoHarden(outcome: OneClickRegistrationOutcome) -> None:
+        for state in outcome.hardenedStates:
+            if state.node.GetScene() is slicer.mrmlScene:
+                state.restore()
+        outcome.hardenedStates = []
+
+    @staticmethod
+    def _undoRegistration(outcome: OneClickRegistrationOutcome) -> None:
+        for node in outcome.movedNodes:
+            if node.GetScene() is slicer.mrmlScene:
+                node.SetAndObserveTransformNodeID(outcome.previousParentTransformIDs.get(node.GetID()))
         for node in (outcome.resampledVolumeNode, outcome.transformNode):
             if node is not None and node.GetScene() is not None:
                 slicer.mrmlScene.RemoveNode(node)
+
+    def nodesToCarry(self, fixedVolumeNode, movingVolumeNode, carryMovingVolumeNodes: bool = True,
+                     alsoCarry=()) -> list:
+        """The segmentations and label maps to place under the result's transform with the moving volume:
+        those of the moving volume (see nodesOfMovingVolume) if asked, and those in alsoCarry, each once.
+
+        Raises ValueError for a node of alsoCarry that is not a segmentation or label map in the
+        scene, or not in the moving volume's coordinates (under another parent transform): carried
+        along, it would land in the wrong place.
+        """
+        chosen = [node for node in alsoCarry if node is not None]
+        for node in chosen:
+            self._validateCarriedNode(node, movingVolumeNode)
+        own = self.nodesOfMovingVolume(fixedVolumeNode, movingVolumeNode) if carryMovingVolumeNodes else []
+        unique = {}
+        for node in own + chosen:
+            unique.setdefault(node.GetID(), node)
+        return list(unique.values())
+
+    def nodesOfMovingVolume(self, fixedVolumeNode, movingVolumeNode) -> list:
+        """The segmentations and label maps that belong to the moving volume: under its parent transform.
+
+        When the fixed volume is under that same transform (typically: neither is transformed), the
+        transform cannot tell whose they are, so a node must also have been drawn on the moving
+        volume and not on the fixed one: a segmentation whose reference geometry is the moving
+        volume (what the Segment Editor records), a label map on the moving volume's voxel grid.
+        """
+        parentID = movingVolumeNode.GetTransformNodeID()
+        candidates = [node for className in CARRIED_NODE_CLASSES for node in slicer.util.getNodesByClass(className)
+                      if node.GetTransformNodeID() == parentID]
+        if fixedVolumeNode is None or fixedVolumeNode.GetTransformNodeID() != parentID:
+            return candidates
+        return [node for node in candidates
+                if self._drawnOn(node, movingVolumeNode) and not self._drawnOn(node, fixedVolumeNode)]
+
+    def _drawnOn(self, node, volumeNode) -> bool:
+        """A segmentation referencing volumeNode's geometry, or a label map on volumeNode's voxel grid."""
+        if node.IsA("vtkMRMLSegmentationNode"):
+            return node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) == volumeNode.GetID()
+        return self._sameVoxelGrid(node, volumeNode)
+
+    @staticmethod
+    def _sameVoxelGrid(volumeNode, otherVolumeNode, toleranceMm: float = 1e-3) -> bool:
+        """Same dimensions and the same IJK-to-RAS matrix (within toleranceMm)."""
+        imageData, otherImageData = volumeNode.GetImageData(), otherVolumeNode.GetImageData()
+        if imageData is None or otherImageData is None or imageData.GetDimensions() != otherImageData.GetDimensions():
+            return False
+        matrix, otherMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        otherVolumeNode.GetIJKToRASMatrix(otherMatrix)
+        return all(abs(matrix.GetElement(row, col) - otherMatrix.GetElement(row, col)) <= toleranceMm
+                   for row in range(3) for col in range(4))
+
+    @staticmethod
+    def _validateCarriedNode(node, movingVolumeNode) -> None:
+        name = node.GetName()
+        if not any(node.IsA(className) for className in CARRIED_NODE_CLASSES):
+            raise ValueError(_("{name} is neither a segmentation nor a label map; only those are carried along "
+                               "with the moving volume.").format(name=name))
+        if node.GetScene() is not slicer.mrmlScene:
+            raise ValueError(_("{name} is not in the scene any more.").format(name=name))
+        if node.GetTransformNodeID() != movingVolumeNode.GetTransformNodeID():
+            raise ValueError(_("{name} is under another transform than the moving volume; place it under the "
+                               "moving volume's transform (or harden both) to carry it along.").format(name=name))
 
     @staticmethod
     def isRegistrableVolume(volumeNode) -> bool:
@@ -639,8 +950,10 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         imageData = volumeNode.GetImageData()
         return imageData is not None and imageData.GetScalarRange()[0] < -500
 
-    def _addResultToScene(self, result, fixedVolumeNode, movingVolumeNode, createResampledVolume: bool):
-        """Create the transform (and resampled volume) nodes; on any error remove what was added."""
+    def _addResultToScene(self, result, fixedVolumeNode, movingVolumeNode, createResampledVolume: bool,
+                          carriedNodes=()):
+        """Create the transform (and resampled volume) nodes and place the moving volume and the carried
+        nodes under the transform; on an error while creating, remove what was added."""
         added = []
         try:
             transformNode = self.transformNodeFromITK(
@@ -661,9 +974,10 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise
         outcome = OneClickRegistrationOutcome(
             result=result, fixedVolumeNode=fixedVolumeNode, movingVolumeNode=movingVolumeNode,
-            transformNode=transformNode, resampledVolumeNode=resampledVolumeNode,
-            previousParentTransformID=movingVolumeNode.GetTransformNodeID())
-        movingVolumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
+            transformNode=transformNode, resampledVolumeNode=resampledVolumeNode, carriedNodes=list(carriedNodes))
+        outcome.previousParentTransformIDs = {node.GetID(): node.GetTransformNodeID() for node in outcome.movedNodes}
+        for node in outcome.movedNodes:
+            node.SetAndObserveTransformNodeID(transformNode.GetID())
         return outcome
 
     def transformNodeFromITK(self, itkTransform, name: str):
@@ -743,6 +1057,9 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 name=stage.name, score=stage.score, verdict=self.verdict(stage), kept=kept, seconds=stage.seconds))
             if stage.message:
                 lines.append(f"    {stage.message}")
+        if outcome.carriedNodes:
+            names = ", ".join(node.GetName() for node in outcome.carriedNodes)
+            lines.append(_("Moved with it: {names}").format(names=names))
         lines.append(_("Verdict: {verdict}").format(verdict=self.verdictText(result.verdict)))
         lines.append(_("Total time: {seconds:.1f} s").format(seconds=result.seconds))
         lines.append(_("Score: {description}").format(description=result.score_description))
@@ -839,16 +1156,46 @@ class OneClickRegistrationTest(ScriptedLoadableModuleTest):  # noqa: F405
         return np.linalg.norm(recovered[:, :3] - points[:, :3], axis=1)
 
     def test_RecoversKnownRigidMotion(self):
-        """T1 against a copy moved by 20 degrees and 15 mm: the transform must undo the motion."""
+        """T1 against a copy moved by 20 degrees and 15 mm: the transform must undo the motion; a label map
+        drawn on the copy moves with it, Harden makes that permanent and Undo reverses both steps."""
         t1, _other = self.loadSample()
         moved, motion = self.movedCopy(t1, 20.0, (10.0, -8.0, 8.0), "T1 moved")
+        labelMap = self.labelMapOn(moved, "T1 moved head mask")
         logic = OneClickRegistrationLogic()
         outcome = logic.register(t1, moved, stages=("rigid",))
         errors = self.errorsMm(outcome.transformNode, motion, t1)
         logging.info(f"error median {float(sorted(errors)[len(errors) // 2]):.2f} mm, max {errors.max():.2f} mm")
         self.assertLess(float(errors.max()), 2.0)
         self.assertEqual(moved.GetTransformNodeID(), outcome.transformNode.GetID())
-        self.delayDisplay("Known rigid motion recovered")
+        self.assertEqual(outcome.carriedNodes, [labelMap])
+        self.assertEqual(labelMap.GetTransformNodeID(), outcome.transformNode.GetID())
+        self.delayDisplay("Known rigid motion recovered, label map carried along")
+        self.checkHardenAndUndo(logic, outcome, labelMap, t1)
+
+    @staticmethod
+    def labelMapOn(volumeNode, name: str):
+        """A label map of the brighter voxels of volumeNode, on its voxel grid (as drawn on it)."""
+        voxels = slicer.util.arrayFromVolume(volumeNode)
+        return slicer.util.addVolumeFromArray((voxels > voxels.mean()).astype("uint8"),
+                                              ijkToRAS=OneClickRegistrationTest._ijkToRas(volumeNode), name=name,
+                                              nodeClassName="vtkMRMLLabelMapVolumeNode")
+
+    def checkHardenAndUndo(self, logic, outcome, labelMap, fixedVolumeNode):
+        """Harden puts the label map on (about) the fixed grid with no parent; Undo goes back step by step."""
+        import numpy as np
+
+        registered = slicer.util.arrayFromVTKMatrix(self._ijkToRas(labelMap))
+        logic.harden(outcome)
+        self.assertIsNone(labelMap.GetTransformNodeID())
+        hardened = slicer.util.arrayFromVTKMatrix(self._ijkToRas(labelMap))
+        fixedGrid = slicer.util.arrayFromVTKMatrix(self._ijkToRas(fixedVolumeNode))
+        self.assertLess(float(np.abs(hardened[:3, 3] - fixedGrid[:3, 3]).max()), 3.0)  # the first voxel, in mm
+        logic.undo(outcome)
+        self.assertEqual(labelMap.GetTransformNodeID(), outcome.transformNode.GetID())
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVTKMatrix(self._ijkToRas(labelMap)), registered))
+        logic.undo(outcome)
+        self.assertIsNone(labelMap.GetTransformNodeID())
+        self.delayDisplay("Harden and Undo work")
 
     def test_CrossModalityRunsAndScores(self):
         """T1 and another scan of the head: rigid stage scored and kept, undo restores the scene."""

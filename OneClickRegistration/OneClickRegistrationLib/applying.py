@@ -43,7 +43,7 @@ never modified.
 
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -171,19 +171,6 @@ def _minimum(image: sitk.Image) -> float:
 # ---------------------------------------------------------------------------------------------- slabs
 
 
-def _slabs(reference: sitk.Image) -> Iterator[Tuple[int, int, sitk.Image]]:
-    """(first plane, planes, an empty image that is those planes of the reference grid), slab after slab."""
-    width, height, depth = reference.GetSize()
-    planes = max(1, imageio.RESAMPLE_SLAB_VOXELS // (width * height))
-    for first in range(0, depth, planes):
-        count = min(planes, depth - first)
-        slab = sitk.Image([width, height, count], sitk.sitkUInt8)
-        slab.SetSpacing(reference.GetSpacing())
-        slab.SetDirection(reference.GetDirection())
-        slab.SetOrigin(reference.TransformIndexToPhysicalPoint([0, 0, first]))
-        yield first, count, slab
-
-
 def _on_reference(values: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(values)
     image.CopyInformation(reference)
@@ -207,7 +194,7 @@ def _bspline_scan(image: sitk.Image, reference: sitk.Image, transform: sitk.Tran
     coefficients = _on_reference(ndimage.spline_filter(values, order=3, output=np.float32, mode="mirror"), image)
     background = float(values.min())
     output = np.empty(reference.GetSize()[::-1], dtype=values.dtype)
-    for first, count, slab in _slabs(reference):
+    for first, count, slab in imageio.grid_slabs(reference):
         resampled = sitk.Resample(coefficients, slab, transform, sitk.sitkBSplineResamplerOrder3, background,
                                   sitk.sitkFloat32)
         output[first:first + count] = _in_pixel_type(sitk.GetArrayViewFromImage(resampled), values.dtype)  # a view
@@ -238,7 +225,7 @@ def _gaussian_labels(image: sitk.Image, reference: sitk.Image, transform: sitk.T
     background = values.min()
     smoothed = _smoothed_indicators(image, background)
     output = np.empty(reference.GetSize()[::-1], dtype=values.dtype)
-    for first, count, slab in _slabs(reference):
+    for first, count, slab in imageio.grid_slabs(reference):
         best = np.zeros((count,) + output.shape[1:], dtype=np.float32)
         total = np.zeros_like(best)
         chosen = output[first:first + count]

@@ -1,11 +1,14 @@
 """Making sure the Python packages the library needs are installed.
 
-3D Slicer ships numpy, scipy and SimpleITK but not numba.  Inside Slicer the
-user is asked once, in one dialog, before anything is installed; nothing is
-ever installed at import time, and nothing at all in testing mode (Slicer's own
+3D Slicer ships numpy, scipy and SimpleITK but not numba (requirements.txt,
+needed to register) nor matplotlib (QUALITY_REPORT_REQUIREMENTS, needed only to
+draw the quality report).  `ensure` checks requirements.txt; `ensure_requirements`
+checks any list of requirement lines, in the same way: inside Slicer the user is
+asked once, in one dialog, before anything is installed; nothing is ever
+installed at import time, and nothing at all in testing mode (Slicer's own
 `pip_ensure` skips installs under --testing too: a self-test then skips).
 The install is constrained to the numpy, scipy and SimpleITK that Slicer
-bundles, so a new numba can never replace them.  Where Slicer has a packaging
+bundles, so nothing installed can replace them.  Where Slicer has a packaging
 API with `pip_ensure` (`slicer.pydeps` in 5.11, `slicer.packaging` in later
 notes) it is used; otherwise a confirmation dialog and `slicer.util.pip_install`.
 Outside Slicer nothing is installed: a missing package is reported with the pip
@@ -25,13 +28,15 @@ import re
 import shlex
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 logger = logging.getLogger(__name__)
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "OneClickRegistration" / "requirements.txt"
 # Packages Slicer bundles that an install must keep at their installed version.
 BUNDLED_PACKAGES = ("numpy", "scipy", "SimpleITK")
+# What the quality report draws with (the library's `qc` extra in pyproject.toml), asked for when a report is saved.
+QUALITY_REPORT_REQUIREMENTS = ("matplotlib>=3.5",)
 
 
 class MissingDependencyError(RuntimeError):
@@ -90,11 +95,23 @@ def write_constraints_file(folder: str) -> Path:
     return path
 
 
+def write_requirements_file(folder: str, requirements: List[str]) -> Path:
+    """A requirements.txt of `requirements`, for Slicer's `load_requirements` (which reads only files)."""
+    path = Path(folder) / "oneclickregistration-requirements.txt"
+    path.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+    return path
+
+
 class NonSlicerPythonDependencies:
     """Plain Python: report what is missing, install nothing."""
 
     def ensure(self, requirements_path: Path = REQUIREMENTS_FILE, requester: str = "OneClickRegistration") -> None:
-        missing = missing_requirements(read_requirements(requirements_path))
+        """Check the requirements of `requirements_path` (numba by default); see ensure_requirements."""
+        self.ensure_requirements(read_requirements(requirements_path), requester)
+
+    def ensure_requirements(self, requirements: Sequence[str], requester: str = "OneClickRegistration") -> None:
+        """Raise MissingDependencyError, one line naming the pip command, if any requirement is not installed."""
+        missing = missing_requirements(list(requirements))
         if missing:
             command = "python -m pip install " + " ".join(f'"{r}"' for r in missing)
             raise MissingDependencyError(f"{requester} needs {', '.join(missing)}; install with: {command}")
@@ -104,9 +121,18 @@ class SlicerPythonDependencies:
     """Inside 3D Slicer: ask the user once, then install what is missing, bundled packages pinned."""
 
     def ensure(self, requirements_path: Path = REQUIREMENTS_FILE, requester: str = "OneClickRegistration") -> None:
+        """Install the requirements of `requirements_path` (numba by default); see ensure_requirements."""
+        self.ensure_requirements(read_requirements(requirements_path), requester)
+
+    def ensure_requirements(self, requirements: Sequence[str], requester: str = "OneClickRegistration") -> None:
+        """Install the requirements that are missing, with the user's consent and the bundled packages pinned.
+
+        Raises MissingDependencyError when one is still missing afterwards: declined, failed, or
+        testing mode (where nothing is installed).  `requester` names who asks, in the dialog.
+        """
         import slicer
 
-        requirements = read_requirements(requirements_path)
+        requirements = list(requirements)
         missing = missing_requirements(requirements)
         if not missing:
             return
@@ -118,7 +144,7 @@ class SlicerPythonDependencies:
             constraints = write_constraints_file(folder)
             api = _packaging_api()
             if api is not None:
-                self._pip_ensure(api, requirements_path, constraints, requester)
+                self._pip_ensure(api, write_requirements_file(folder, requirements), constraints, missing, requester)
             else:
                 self._confirm_and_install(missing, constraints, requester)
         importlib.invalidate_caches()
@@ -129,13 +155,13 @@ class SlicerPythonDependencies:
                 "install it from the Python console with slicer.util.pip_install(...)")
 
     @staticmethod
-    def _pip_ensure(api, requirements_path: Path, constraints: Path, requester: str) -> None:
+    def _pip_ensure(api, requirements_path: Path, constraints: Path, missing: List[str], requester: str) -> None:
         """Slicer's own consent-and-install (newer Slicer releases)."""
         try:
             api.pip_ensure(api.load_requirements(str(requirements_path)), constraints=str(constraints),
                            requester=requester)
         except RuntimeError as error:  # the user declined
-            raise MissingDependencyError(f"{requester} cannot run without numba: {error}") from None
+            raise MissingDependencyError(f"{requester} cannot run without {', '.join(missing)}: {error}") from None
 
     @staticmethod
     def _confirm_and_install(missing: List[str], constraints: Path, requester: str) -> None:

@@ -499,13 +499,7 @@ def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transfo
     limits = np.iinfo(dtype)
     width, height, depth = fixed.GetSize()
     values = np.empty((depth, height, width), dtype=dtype)
-    slab = max(1, RESAMPLE_SLAB_VOXELS // (width * height))
-    for first in range(0, depth, slab):
-        count = min(slab, depth - first)
-        reference = sitk.Image([width, height, count], sitk.sitkUInt8)
-        reference.SetSpacing(fixed.GetSpacing())
-        reference.SetDirection(fixed.GetDirection())
-        reference.SetOrigin(fixed.TransformIndexToPhysicalPoint([0, 0, first]))
+    for first, count, reference in grid_slabs(fixed):
         slab_image = sitk.Resample(moving, reference, transform, interpolator, background, exact)
         interpolated = sitk.GetArrayViewFromImage(slab_image)  # a view: slab_image must outlive it
         halves_away_from_zero = np.copysign(np.floor(np.abs(interpolated) + 0.5), interpolated)
@@ -513,6 +507,23 @@ def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transfo
     rounded = sitk.GetImageFromArray(values)
     rounded.CopyInformation(fixed)
     return rounded
+
+
+def grid_slabs(reference: sitk.Image):
+    """(first plane, planes, an empty image that is those planes of the reference grid), slab after slab.
+
+    Each slab holds at most RESAMPLE_SLAB_VOXELS voxels (at least one plane), so
+    resampling onto a clinical-size grid slab by slab never needs a full-size float copy.
+    """
+    width, height, depth = reference.GetSize()
+    planes = max(1, RESAMPLE_SLAB_VOXELS // (width * height))
+    for first in range(0, depth, planes):
+        count = min(planes, depth - first)
+        slab = sitk.Image([width, height, count], sitk.sitkUInt8)
+        slab.SetSpacing(reference.GetSpacing())
+        slab.SetDirection(reference.GetDirection())
+        slab.SetOrigin(reference.TransformIndexToPhysicalPoint([0, 0, first]))
+        yield first, count, slab
 
 
 def resampled_values_note(image: sitk.Image) -> str:

@@ -22,7 +22,7 @@ It is cheap: everything is drawn from 2D planes (the deformation is evaluated
 at the planes' pixels, never on a 3D grid).  matplotlib, an optional
 dependency (pip install "oneclickregistration[qc]"), is imported here only,
 when a report is drawn, through its object-oriented API and Agg canvas: no
-pyplot, no global state, no window.  The Slicer module never imports this module.
+pyplot, no global state, no window.  The Slicer module imports this module only when a report is saved (after asking for matplotlib).
 """
 
 from __future__ import annotations

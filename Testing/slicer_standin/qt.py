@@ -486,6 +486,28 @@ class QMessageBox(QDialog):
     Information, Warning, Critical, Question = 1, 2, 3, 4
 
 
+class QFileDialog(QDialog):
+    """QFileDialog's static getExistingDirectory, a modal dialog: the path of an existing folder, or ""
+    when the user cancels (as Qt returns).
+
+    Tests script what the user picks in `scriptedAnswers` (a path, or "" for Cancel); a dialog
+    nobody scripted raises, because in Slicer it would block the user.  `shown` records the captions.
+    """
+
+    ShowDirsOnly = 0x1
+    DontResolveSymlinks = 0x2
+
+    scriptedAnswers: list = []
+    shown: list = []
+
+    @staticmethod
+    def getExistingDirectory(parent=None, caption: str = "", directory: str = "", options: int = ShowDirsOnly) -> str:
+        QFileDialog.shown.append(caption)
+        if not QFileDialog.scriptedAnswers:
+            raise AssertionError(f"unexpected modal dialog: {caption!r}")
+        return QFileDialog.scriptedAnswers.pop(0)
+
+
 class QColor:
     def __init__(self, *args) -> None:
         self.args = args
@@ -507,6 +529,7 @@ class QSizePolicy:
 
 
 class Qt:
+    Unchecked, PartiallyChecked, Checked = 0, 1, 2
     WaitCursor = 16
     ShiftModifier = 0x02000000
     Vertical = 2

@@ -2,7 +2,8 @@
 
 `install(release)` makes `import slicer` run Slicer's own slicer/__init__.py
 from ../shared/slicer-python/v<release> (its kits are the stand-in modules
-standin_mrml and standin_qmrml, loaded the way Slicer loads its compiled kits),
+standin_segmentations, standin_mrml and standin_qmrml, loaded the way Slicer
+loads its compiled kits),
 then attaches what the Slicer application sets at start-up: slicer.app,
 slicer.mrmlScene, slicer.modules.  Everything else (slicer.util,
 ScriptedLoadableModule, parameterNodeWrapper, i18n, sitkUtils) is the real code.
@@ -113,6 +114,8 @@ class CoreIOManager:
                     matrix.SetElement(row, col, float(value))
             node.SetMatrixTransformFromParent(matrix)
         else:
+            from standin_mrml import RasFromParent
+
             node = scene.AddNewNodeByClass(_transformNodeClass(itkTransform), name)
             node.SetAndObserveTransformFromParent(RasFromParent(itkTransform))
         self._attachStorage(scene, node, "vtkMRMLTransformStorageNode", fileName)
@@ -141,18 +144,6 @@ def _transformNodeClass(itkTransform) -> str:
     if transform.GetTransformEnum() == sitk.sitkBSplineTransform:
         return "vtkMRMLBSplineTransformNode"
     return "vtkMRMLTransformNode"
-
-
-class RasFromParent:
-    """An ITK (LPS, fixed-to-moving) transform seen as Slicer's RAS "from parent" transform."""
-
-    def __init__(self, itkTransform) -> None:
-        self.itkTransform = itkTransform
-
-    def TransformPoint(self, point):
-        x, y, z = point
-        moved = self.itkTransform.TransformPoint((-float(x), -float(y), float(z)))
-        return (-moved[0], -moved[1], moved[2])
 
 
 class ModuleManager:
@@ -281,7 +272,7 @@ def install(release: str | None = None):
             sys.path.insert(0, path)
             _ADDED_PATHS.append(path)
     kits = types.ModuleType("slicer.kits")
-    kits.available_kits = ["standin_mrml", "standin_qmrml"]
+    kits.available_kits = ["standin_segmentations", "standin_mrml", "standin_qmrml"]
     sys.modules["slicer.kits"] = kits
     import slicer
     import standin_mrml
@@ -308,7 +299,8 @@ def uninstall() -> None:
         restore()
     _RESTORE.clear()
     for name in list(sys.modules):
-        if name.split(".")[0] in ("slicer", "sitkUtils", "qt", "ctk", "standin_mrml", "standin_qmrml", MODULE_NAME):
+        if name.split(".")[0] in ("slicer", "sitkUtils", "qt", "ctk", "standin_segmentations", "standin_mrml",
+                                  "standin_qmrml", MODULE_NAME):
             del sys.modules[name]
     for path in _ADDED_PATHS:
         if path in sys.path:

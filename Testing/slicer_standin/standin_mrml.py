@@ -13,10 +13,24 @@ real sources (see ../shared/slicer-python/README.md and notes/slicer-fidelity.md
   loaded node references a vtkMRMLTransformStorageNode pointing at the file;
 * Clear() keeps singleton nodes (parameter nodes, slice composite nodes) and
   resets them;
+* HardenTransform (vtkMRMLTransformableNode): a linear chain to world is applied
+  as a matrix (ApplyTransformMatrix), a non-linear one as a general transform
+  (ApplyTransform), then the parent transform is removed.  A volume takes a matrix
+  into its IJK-to-RAS; a non-linear transform resamples it on its own axes and
+  spacing over the box the transformed volume covers (vtkMRMLVolumeNode::
+  ApplyNonLinearTransform: linear interpolation, nearest neighbour for label maps,
+  outside = the median of the 8 corner voxels).  A segmentation hands the
+  transform to its vtkSegmentation (standin_segmentations);
+* CopyContent copies what a node holds (a volume's voxels and geometry, a
+  segmentation's segments) and never its parent transform or other references;
 * StartModify/EndModify compress Modified events; node references follow the
   scene (a removed node is no longer referenced).
 
 Where a behaviour is only guessed the comment says so, and the guess is strict.
+A non-linear transform is kept as ITK transforms (LPS, "from parent", as the files
+hold them); the chain to world is inverted point by point by Newton's method, as
+VTK inverts a warp transform, and images are resampled with SimpleITK where Slicer
+uses vtkImageReslice.
 """
 
 from __future__ import annotations
@@ -24,6 +38,9 @@ from __future__ import annotations
 import math
 
 import vtk
+
+from standin_segmentations import (BINARY_LABELMAP, CLOSED_SURFACE, vtkOrientedImageDataResample, vtkSegment,
+                                   vtkSegmentation)
 
 ImageDataModifiedEvent = 18001  # vtkMRMLVolumeNode::ImageDataModifiedEvent (value arbitrary, name real)
 
@@ -229,7 +246,7 @@ class vtkMRMLStorableNode(vtkMRMLNode):
 
 
 class vtkMRMLTransformableNode(vtkMRMLStorableNode):
-    """A node that can be placed under a transform node."""
+    """A node that can be placed under a transform node, and have that transform hardened."""
 
     def SetAndObserveTransformNodeID(self, nodeID) -> None:
         self.SetNodeReferenceID("transform", nodeID)
@@ -239,6 +256,96 @@ class vtkMRMLTransformableNode(vtkMRMLStorableNode):
 
     def GetParentTransformNode(self):
         return self.GetNodeReference("transform")
+
+    def HardenTransform(self) -> bool:
+        """vtkMRMLTransformableNode::HardenTransform: apply the chain to world, then drop the parent."""
+        transformNode = self.GetParentTransformNode()
+        if transformNode is None:
+            return True
+        if transformNode.IsTransformToWorldLinear():
+            matrix = vtk.vtkMatrix4x4()
+            transformNode.GetMatrixTransformToWorld(matrix)
+            self.ApplyTransformMatrix(matrix)
+        else:
+            self.ApplyTransform(GeneralTransformToWorld(transformNode))
+        self.SetAndObserveTransformNodeID(None)
+        return True
+
+    def ApplyTransformMatrix(self, matrix) -> None:
+        transform = vtk.vtkTransform()
+        transform.SetMatrix(matrix)
+        self.ApplyTransform(transform)
+
+    def ApplyTransform(self, transform) -> None:
+        """Slicer logs "ApplyTransform is not implemented for node type ..."; the stand-in raises."""
+        raise NotImplementedError(f"ApplyTransform is not implemented for node type {self.GetClassName()}")
+
+    def TransformPointToWorld(self, inLocal, outWorld) -> None:
+        """The point in world coordinates (through every parent transform), written into outWorld."""
+        world = _pointsToWorld(self.GetParentTransformNode(), [list(inLocal)])[0]
+        for axis in range(3):
+            outWorld[axis] = float(world[axis])
+
+
+def _pointsToWorld(transformNode, points):
+    """Points (N x 3, RAS) moved from under transformNode (None: world) to world."""
+    import numpy as np
+
+    points = np.asarray(points, dtype=float)
+    if transformNode is None:
+        return points.copy()
+    if transformNode.IsTransformToWorldLinear():
+        matrix = vtk.vtkMatrix4x4()
+        transformNode.GetMatrixTransformToWorld(matrix)
+        return (_arrayFromMatrix(matrix) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    return GeneralTransformToWorld(transformNode).TransformPoints(points)
+
+
+class GeneralTransformToWorld:
+    """What HardenTransform gets from GetTransformToWorld for a non-linear chain (a vtkGeneralTransform in Slicer).
+
+    Held as its inverse, one ITK transform in LPS from world to the node's coordinates (the ITK
+    files' "from parent" direction, composed up the chain), which is what resampling needs;
+    TransformPoints goes the other way by Newton's method, as VTK inverts a warp transform.
+    """
+
+    TOLERANCE_MM = 1e-6
+    MAX_ITERATIONS = 50
+
+    def __init__(self, transformNode) -> None:
+        self._fromWorld = transformNode._fromWorldITK()
+
+    def fromWorldITK(self):
+        """The inverse, world to node, as a SimpleITK transform in LPS (stand-in only)."""
+        return self._fromWorld
+
+    def TransformPoints(self, points):
+        """Points (N x 3, RAS) from the node's coordinates to world."""
+        import numpy as np
+
+        return np.array([self._invert(np.asarray(point, dtype=float)) for point in points]).reshape(-1, 3)
+
+    def _fromWorldRAS(self, point):
+        import numpy as np
+
+        moved = self._fromWorld.TransformPoint((-float(point[0]), -float(point[1]), float(point[2])))
+        return np.array([-moved[0], -moved[1], moved[2]])
+
+    def _invert(self, target):
+        """x with fromWorld(x) = target: Newton's method with a central-difference Jacobian."""
+        import numpy as np
+
+        x = target.copy()
+        step = 1e-3
+        for _iteration in range(self.MAX_ITERATIONS):
+            residual = self._fromWorldRAS(x) - target
+            if np.linalg.norm(residual) < self.TOLERANCE_MM:
+                return x
+            jacobian = np.column_stack([
+                (self._fromWorldRAS(x + step * unit) - self._fromWorldRAS(x - step * unit)) / (2 * step)
+                for unit in np.eye(3)])
+            x = x - np.linalg.solve(jacobian, residual)
+        raise RuntimeError(f"stand-in: the inverse of the non-linear transform did not converge at {target}")
 
 
 class vtkMRMLVolumeNode(vtkMRMLTransformableNode):
@@ -299,13 +406,111 @@ class vtkMRMLVolumeNode(vtkMRMLTransformableNode):
         node.Register(None)
         return node
 
+    def CopyContent(self, other, deepCopy: bool = True) -> None:
+        """Voxels (a deep copy unless deepCopy is False) and geometry; the parent transform stays."""
+        imageData = other.GetImageData()
+        if deepCopy and imageData is not None:
+            copy = vtk.vtkImageData()
+            copy.DeepCopy(imageData)
+            imageData = copy
+        self._spacing = list(other._spacing)
+        self._origin = list(other._origin)
+        self._directions = [list(row) for row in other._directions]
+        self.SetAndObserveImageData(imageData)
+
+    def ApplyTransformMatrix(self, matrix) -> None:
+        """The matrix times IJK-to-RAS becomes the new IJK-to-RAS; the voxels stay."""
+        ijkToRas = vtk.vtkMatrix4x4()
+        self.GetIJKToRASMatrix(ijkToRas)
+        moved = vtk.vtkMatrix4x4()
+        vtk.vtkMatrix4x4.Multiply4x4(matrix, ijkToRas, moved)
+        self.SetIJKToRASMatrix(moved)
+
+    def ApplyTransform(self, transform) -> None:
+        if isinstance(transform, vtk.vtkHomogeneousTransform):
+            self.ApplyTransformMatrix(transform.GetMatrix())
+        else:
+            self.ApplyNonLinearTransform(transform)
+
+    # SimpleITK interpolator standing for GetResamplingInterpolationMode (VTK_LINEAR_INTERPOLATION)
+    _resamplingInterpolator = "sitkLinear"
+
+    def ApplyNonLinearTransform(self, transform) -> None:
+        """Resample on the same axes and spacing over the box the transformed volume covers.
+
+        The box: 8 x 8 x 8 samples of the volume (voxel corners) taken to world through the node's
+        parent transforms (GetBoundsInternal), in the volume's IJK; its lower corner plus half a voxel
+        is the new first voxel.  Voxels are pulled back through the transform's inverse; integer
+        voxels are rounded, as vtkImageReslice does; outside is the median of the 8 corner voxels.
+        """
+        import numpy as np
+        import SimpleITK as sitk
+
+        if self._imageData is None:
+            return
+        if self._imageData.GetNumberOfScalarComponents() != 1:
+            raise NotImplementedError("stand-in: non-linear hardening of multi-component volumes is not modelled")
+        ijkToRas = self._ijkToRasArray()
+        samples = self._boundsSamplesIJK()
+        world = _pointsToWorld(self.GetParentTransformNode(),
+                               (ijkToRas @ np.c_[samples, np.ones(len(samples))].T).T[:, :3])
+        inIJK = (np.linalg.inv(ijkToRas) @ np.c_[world, np.ones(len(world))].T).T[:, :3]
+        low, high = inIJK.min(axis=0), inIJK.max(axis=0)
+        size = [int(v) for v in np.ceil((high - low) - 1e-3)]
+        firstVoxelRas = ijkToRas @ np.append(low + 0.5, 1.0)
+        source = imageFromVolumeNode(self)
+        grid = sitk.Image(size, sitk.sitkUInt8)
+        grid.SetSpacing(source.GetSpacing())
+        grid.SetDirection(source.GetDirection())
+        grid.SetOrigin((-float(firstVoxelRas[0]), -float(firstVoxelRas[1]), float(firstVoxelRas[2])))
+        resampled = sitk.Resample(source, grid, transform.fromWorldITK(), getattr(sitk, self._resamplingInterpolator),
+                                  self._backgroundValue(), sitk.sitkFloat64)
+        imageIntoVolumeNode(_castLike(resampled, source), self)
+
+    def _ijkToRasArray(self):
+        matrix = vtk.vtkMatrix4x4()
+        self.GetIJKToRASMatrix(matrix)
+        return _arrayFromMatrix(matrix)
+
+    def _boundsSamplesIJK(self, subdivisions: int = 8):
+        """GetBoundsInternal's samples for a non-linear transform: voxel corners, 8 per axis."""
+        import numpy as np
+
+        dims = self._imageData.GetDimensions()
+        axes = [np.arange(subdivisions) * dims[axis] / (subdivisions - 1.0) - 0.5 for axis in range(3)]
+        return np.array(np.meshgrid(*axes, indexing="ij")).reshape(3, -1).T
+
+    def _backgroundValue(self) -> float:
+        """GetImageBackgroundScalarComponentAsDouble: the 4th smallest of the 8 corner voxels."""
+        x, y, z = (n - 1 for n in self._imageData.GetDimensions())
+        corners = sorted(self._imageData.GetScalarComponentAsDouble(i, j, k, 0)
+                         for i in (0, x) for j in (0, y) for k in (0, z))
+        return corners[3]
+
+
+def _castLike(image, like):
+    """`image` (float) in the pixel type of `like`: integers rounded to nearest and clamped, as vtkImageReslice."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    dtype = sitk.GetArrayViewFromImage(like).dtype
+    voxels = sitk.GetArrayFromImage(image)
+    if np.issubdtype(dtype, np.integer):
+        limits = np.iinfo(dtype)
+        voxels = np.clip(np.floor(voxels + 0.5), limits.min, limits.max)
+    cast = sitk.GetImageFromArray(voxels.astype(dtype))
+    cast.CopyInformation(image)
+    return cast
+
 
 class vtkMRMLScalarVolumeNode(vtkMRMLVolumeNode):
     pass
 
 
 class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
-    pass
+    """Resampled with nearest neighbour, so that no new label appears at a boundary."""
+
+    _resamplingInterpolator = "sitkNearestNeighbor"
 
 
 class vtkMRMLVectorVolumeNode(vtkMRMLScalarVolumeNode):
@@ -328,12 +533,24 @@ class vtkMRMLDiffusionTensorVolumeNode(vtkMRMLDiffusionImageVolumeNode):
     pass
 
 
-class vtkMRMLTransformNode(vtkMRMLTransformableNode):
-    """A general transform node: a "from parent" point mapping in RAS.
+class RasFromParent:
+    """An ITK (LPS, fixed-to-moving) transform seen as Slicer's RAS "from parent" transform.
 
-    Real Slicer gives a vtkGeneralTransform here; the stand-in gives an object
-    with the same TransformPoint (a guess at the interface, not the class).
+    Real Slicer gives a vtkGeneralTransform here; the stand-in gives an object with the
+    same TransformPoint (a guess at the interface, not the class) that keeps the ITK transform.
     """
+
+    def __init__(self, itkTransform) -> None:
+        self.itkTransform = itkTransform
+
+    def TransformPoint(self, point):
+        x, y, z = point
+        moved = self.itkTransform.TransformPoint((-float(x), -float(y), float(z)))
+        return (-moved[0], -moved[1], moved[2])
+
+
+class vtkMRMLTransformNode(vtkMRMLTransformableNode):
+    """A general transform node: a "from parent" point mapping in RAS (see RasFromParent)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -342,6 +559,25 @@ class vtkMRMLTransformNode(vtkMRMLTransformableNode):
 
     def IsLinear(self) -> bool:
         return False
+
+    def IsTransformToWorldLinear(self) -> int:
+        parent = self.GetParentTransformNode()
+        return int(self.IsLinear() and (parent is None or bool(parent.IsTransformToWorldLinear())))
+
+    def GetMatrixTransformToWorld(self, matrix) -> int:
+        """1, and the to-world matrix of a linear chain (Slicer logs an error for a non-linear one; here it raises)."""
+        if not self.IsTransformToWorldLinear():
+            raise RuntimeError(f"stand-in: the transform to world of {self.GetName()} is not linear")
+        toParent = vtk.vtkMatrix4x4()
+        self.GetMatrixTransformToParent(toParent)
+        parent = self.GetParentTransformNode()
+        if parent is None:
+            matrix.DeepCopy(toParent)
+            return 1
+        parentToWorld = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(parentToWorld)
+        vtk.vtkMatrix4x4.Multiply4x4(parentToWorld, toParent, matrix)
+        return 1
 
     def SetAndObserveTransformFromParent(self, transform) -> None:
         self._fromParent = transform
@@ -366,6 +602,23 @@ class vtkMRMLTransformNode(vtkMRMLTransformableNode):
 
     def GetCenterOfTransformation(self) -> tuple:
         return tuple(self._center)
+
+    def _fromParentITK(self):
+        """This node's own "from parent" transform as a SimpleITK transform in LPS (identity when empty)."""
+        import SimpleITK as sitk
+
+        if self._fromParent is None:
+            return sitk.Transform(3, sitk.sitkIdentity)
+        return self._fromParent.itkTransform
+
+    def _fromWorldITK(self):
+        """World to this node's children, through every parent: one SimpleITK transform in LPS."""
+        import SimpleITK as sitk
+
+        parent = self.GetParentTransformNode()
+        if parent is None:
+            return self._fromParentITK()
+        return sitk.CompositeTransform([self._fromParentITK(), parent._fromWorldITK()])  # parent's applied first
 
 
 class vtkMRMLGridTransformNode(vtkMRMLTransformNode):
@@ -414,6 +667,78 @@ class vtkMRMLLinearTransformNode(vtkMRMLTransformNode):
         matrix = vtk.vtkMatrix4x4()
         other.GetMatrixTransformToParent(matrix)
         self.SetMatrixTransformToParent(matrix)
+
+    def _fromParentITK(self):
+        """The inverse of the "to parent" matrix, converted to LPS, as an ITK affine transform."""
+        import numpy as np
+        import SimpleITK as sitk
+
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        fromParent = flip @ np.linalg.inv(_arrayFromMatrix(self._toParent)) @ flip
+        affine = sitk.AffineTransform(3)
+        affine.SetMatrix(tuple(float(v) for v in fromParent[:3, :3].ravel()))
+        affine.SetTranslation(tuple(float(v) for v in fromParent[:3, 3]))
+        return affine
+
+
+class vtkMRMLSegmentationNode(vtkMRMLTransformableNode):
+    """Holds a vtkSegmentation; the reference-geometry node reference says which volume it was drawn on.
+
+    SetReferenceImageGeometryParameterFromVolumeNode sets only that reference here: the
+    conversion parameter (a serialized geometry) is not modelled.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._segmentation = vtkSegmentation()
+
+    @staticmethod
+    def GetReferenceImageGeometryReferenceRole() -> str:
+        return "referenceImageGeometryRef"
+
+    def GetSegmentation(self):
+        return self._segmentation
+
+    def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode) -> None:
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            return
+        self.SetNodeReferenceID(self.GetReferenceImageGeometryReferenceRole(), volumeNode.GetID())
+
+    def AddSegmentFromBinaryLabelmapRepresentation(self, imageData, segmentName: str = "") -> str:
+        return self._addSegment(BINARY_LABELMAP, imageData, segmentName)
+
+    def AddSegmentFromClosedSurfaceRepresentation(self, polyData, segmentName: str = "") -> str:
+        return self._addSegment(CLOSED_SURFACE, polyData, segmentName)
+
+    def _addSegment(self, representationName: str, data, segmentName: str) -> str:
+        segment = vtkSegment()
+        if segmentName:
+            segment.SetName(segmentName)
+        segment.AddRepresentation(representationName, data)
+        self._segmentation.AddSegment(segment)
+        self.Modified()
+        return self._segmentation.GetSegmentIdBySegment(segment)
+
+    def GetBinaryLabelmapInternalRepresentation(self, segmentId: str):
+        segment = self._segmentation.GetSegment(segmentId)
+        return segment.GetRepresentation(BINARY_LABELMAP) if segment is not None else None
+
+    def ApplyTransform(self, transform) -> None:
+        """The segmentation's source representation takes the transform; the others are dropped."""
+        if vtkOrientedImageDataResample.IsTransformLinear(transform, vtk.vtkTransform()):
+            self._segmentation.ApplyLinearTransform(transform)
+        else:
+            self._segmentation.ApplyNonLinearTransform(transform)
+        self._segmentation.InvalidateNonSourceRepresentations()
+        self.Modified()
+
+    def CopyContent(self, other, deepCopy: bool = True) -> None:
+        """The segments (deep-copied unless deepCopy is False); the parent transform stays."""
+        if deepCopy:
+            self._segmentation.DeepCopy(other.GetSegmentation())
+        else:
+            self._segmentation = other.GetSegmentation()
+        self.Modified()
 
 
 class vtkMRMLSliceCompositeNode(vtkMRMLNode):
@@ -471,7 +796,7 @@ _NODE_CLASSES = {cls.__name__: cls for cls in (
     vtkMRMLScriptedModuleNode, vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLVectorVolumeNode,
     vtkMRMLStreamingVolumeNode, vtkMRMLDiffusionWeightedVolumeNode, vtkMRMLDiffusionTensorVolumeNode,
     vtkMRMLTransformNode, vtkMRMLLinearTransformNode, vtkMRMLGridTransformNode, vtkMRMLBSplineTransformNode,
-    vtkMRMLVolumeArchetypeStorageNode, vtkMRMLTransformStorageNode, vtkMRMLSliceCompositeNode,
+    vtkMRMLSegmentationNode, vtkMRMLVolumeArchetypeStorageNode, vtkMRMLTransformStorageNode, vtkMRMLSliceCompositeNode,
 )}
 
 
@@ -665,6 +990,12 @@ def imageIntoVolumeNode(image, volumeNode) -> None:
             matrix.SetElement(row, col, float(ijkToRas[row, col]))
     volumeNode.SetIJKToRASMatrix(matrix)
     volumeNode.SetAndObserveImageData(imageData)
+
+
+def _arrayFromMatrix(matrix):
+    import numpy as np
+
+    return np.array([[matrix.GetElement(row, col) for col in range(4)] for row in range(4)])
 
 
 def _flatten(values) -> list:

@@ -66,7 +66,8 @@ class qMRMLNodeComboBox(QWidget):
             return any(node.IsA(nodeType) for nodeType in self.nodeTypes)
         return node.GetClassName() in self.nodeTypes
 
-    def nodes(self) -> list:
+    def _nodes(self) -> list:
+        """The listed nodes (qMRMLNodeComboBox::nodes() is not Q_INVOKABLE: Python cannot call it)."""
         if self._scene is None:
             return []
         return [self._scene.GetNthNode(i) for i in range(self._scene.GetNumberOfNodes())
@@ -94,6 +95,30 @@ class qMRMLNodeComboBox(QWidget):
     def _onNodeRemoved(self, caller, event) -> None:
         if self._current is not None and self._current.GetScene() is None:
             self._setCurrent(None)
+
+
+class qMRMLCheckableNodeComboBox(qMRMLNodeComboBox):
+    """qMRMLNodeComboBox whose nodes can each be checked (all unchecked at first); checkedNodesChanged
+    fires on every change of a check state, also a programmatic one.  A node that leaves the scene
+    is no longer listed, so no longer among checkedNodes() (whether Slicer signals that is not modelled)."""
+
+    checkedNodesChanged = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._checkedIDs: list = []
+
+    def setCheckState(self, node, state) -> None:
+        if not self._acceptable(node) or (node.GetID() in self._checkedIDs) == (state == qt.Qt.Checked):
+            return
+        if state == qt.Qt.Checked:
+            self._checkedIDs.append(node.GetID())
+        else:
+            self._checkedIDs.remove(node.GetID())
+        self.checkedNodesChanged.emit()
+
+    def checkedNodes(self) -> list:
+        return [node for node in self._nodes() if node.GetID() in self._checkedIDs]
 
 
 class qMRMLSliderWidget(QWidget):
