@@ -351,7 +351,7 @@ def summary(result, outputs: dict) -> str:
         f"  {'initial (header)':<12} score {result.initial_score:7.4f}",
     ]
     for stage in result.stages:
-        kept = "kept" if stage.accepted else "rejected"
+        kept = "kept" if stage.accepted else "dropped"
         lines.append(f"  {stage.name:<12} score {stage.score:7.4f}  {stage.seconds:6.1f} s  {kept}, "
                      f"{stage.verdict}"
                      + (f"  ({stage.message})" if stage.message else ""))

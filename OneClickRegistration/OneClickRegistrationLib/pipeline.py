@@ -263,7 +263,7 @@ def register(
             inverse_transform=inverse, verdict=stage_verdict,
         ))
         logger.info("stage %s: score %.4f (%s) in %.1f s", name, new_score,
-                    "accepted" if accepted else "rejected", results[-1].seconds)
+                    "kept" if accepted else "dropped", results[-1].seconds)
         if accepted:
             current, current_inverse, current_score = transform, inverse, new_score
 

@@ -307,7 +307,7 @@ def _modality_text(guess) -> str:
 
 def _stage_rows(result) -> str:
     rows = [("headers (start)", result.initial_score, "", score.verdict(result.initial_score), "", "")]
-    rows += [(stage.name, stage.score, "kept" if stage.accepted else "rejected", stage.verdict,
+    rows += [(stage.name, stage.score, "kept" if stage.accepted else "dropped", stage.verdict,
               f"{stage.seconds:.1f}", stage.message) for stage in result.stages]
     return "\n".join(
         f"<tr><td>{html.escape(name)}</td><td>{value:.4f}</td><td>{kept}</td>"
