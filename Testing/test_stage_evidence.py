@@ -98,13 +98,20 @@ def test_score_gain_matches_the_score_and_a_shift_stands_above_its_noise():
 @pytest.mark.stack
 def test_decisions_need_both_a_real_change_and_a_gain_beyond_noise():
     real_gain, noisy_gain = ScoreGain(0.02, 0.002), ScoreGain(0.004, 0.003)
-    assert evidence.deformable_decision(2.0, real_gain).kept
-    small = evidence.deformable_decision(0.6, real_gain)
+    measured = []
+
+    def gain_of(gain):
+        return lambda: measured.append(gain) or gain
+
+    assert evidence.deformable_decision(2.0, gain_of(real_gain)).kept
+    small = evidence.deformable_decision(0.6, gain_of(real_gain))
     assert not small.kept and "0.60 mm" in small.reason
-    assert not evidence.deformable_decision(2.0, noisy_gain).kept
+    assert not evidence.deformable_decision(2.0, gain_of(noisy_gain)).kept
     scaling = sitk.AffineTransform(3)
     scaling.SetMatrix((1.03, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
-    assert evidence.affine_decision(scaling, real_gain).kept
-    assert not evidence.affine_decision(scaling, noisy_gain).kept
+    assert evidence.affine_decision(scaling, gain_of(real_gain)).kept
+    assert not evidence.affine_decision(scaling, gain_of(noisy_gain)).kept
+    assert len(measured) == 4  # a change too small to matter is dropped without measuring the gain's noise
     scaling.SetMatrix((1.005, 0, 0, 0, 1.0, 0, 0, 0, 0.997))
-    assert "0.5 %" in evidence.affine_decision(scaling, real_gain).reason
+    assert "0.5 %" in evidence.affine_decision(scaling, gain_of(real_gain)).reason
+    assert len(measured) == 4

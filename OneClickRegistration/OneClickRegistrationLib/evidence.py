@@ -24,6 +24,7 @@ Slicer panel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -76,28 +77,40 @@ def _gain_text(gain: ScoreGain) -> str:
     return f"score {gain.gain:+.4f} (noise {gain.noise:.4f})"
 
 
-def affine_decision(affine: sitk.Transform, gain: ScoreGain) -> Decision:
-    """Keep an affine (fixed -> moving) only for a real scaling or shear that raises the score beyond noise."""
+def scaling_departure(affine: sitk.Transform) -> float:
+    """How far the affine's linear part is from a rotation: the largest |singular value - 1|."""
     matrix = np.asarray(affine.GetMatrix()).reshape(3, 3)
-    scales = np.linalg.svd(matrix, compute_uv=False)
-    departure = float(np.max(np.abs(scales - 1.0)))
+    return float(np.max(np.abs(np.linalg.svd(matrix, compute_uv=False) - 1.0)))
+
+
+def affine_decision(affine: sitk.Transform, measure_gain: Callable[[], ScoreGain]) -> Decision:
+    """Keep an affine (fixed -> moving) only for a real scaling or shear that raises the score beyond noise.
+
+    measure_gain() is called only when the scaling is large enough to matter (the bootstrap costs a few tenths of a second).
+    """
+    departure = scaling_departure(affine)
     scaling_text = f"a scaling of up to {100 * departure:.1f} %"
     if departure < MIN_SCALING:
         return Decision(False, f"dropped: the two scans have the same size and shape ({scaling_text} found, within "
                                f"the {100 * MIN_SCALING:.0f} % a scanner's calibration allows); the rigid "
                                f"alignment is kept")
+    gain = measure_gain()
     if not significant(gain):
         return Decision(False, f"dropped: {scaling_text} found, but it does not improve the match beyond noise "
                                f"({_gain_text(gain)}); the rigid alignment is kept")
     return Decision(True, f"kept: corrects {scaling_text} between the scans ({_gain_text(gain)})")
 
 
-def deformable_decision(change: float, gain: ScoreGain) -> Decision:
-    """Keep a deformation only when it moves part of the head by a voxel or more and improves the match beyond noise."""
+def deformable_decision(change: float, measure_gain: Callable[[], ScoreGain]) -> Decision:
+    """Keep a deformation only when it moves part of the head by a voxel or more and improves the match beyond noise.
+
+    measure_gain() is called only when the deformation is large enough to matter.
+    """
     moved_text = f"moves 5 % of the head by {change:.2f} mm or more"
     if change < MIN_DEFORMATION_MM:
         return Decision(False, f"dropped: it {moved_text}, less than the {MIN_DEFORMATION_MM:g} mm the images "
                                f"can tell from noise; the linear alignment is kept")
+    gain = measure_gain()
     if not significant(gain):
         return Decision(False, f"dropped: it {moved_text} but does not improve the match beyond noise "
                                f"({_gain_text(gain)}); the linear alignment is kept")

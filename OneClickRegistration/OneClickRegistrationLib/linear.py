@@ -31,7 +31,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from . import imageio
+from . import evidence, imageio
 from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -223,18 +223,20 @@ class LinearStages:
         report = _Progress(progress)
         report.milestone(0.0, "preparing the images")
         center = imageio.mask_center(self.fixed.region_mask())
-        fitted = self._fit(_as_affine(initial, center), self.settings.affine_iterations, report, 0.0, 1.0)
+        fitted = self._fit(_as_affine(initial, center), self.settings.affine_iterations, report, 0.0, 1.0,
+                           go_on=_scaling_worth_refining)
         affine = _as_affine(fitted, center)
         if np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) <= 0:
             raise InvalidInputError("the affine fit collapsed or mirrored the image; keep the rigid result")
         return affine
 
-    def _fit(self, initial, iterations, report, offset, width, precise_finest=False):
+    def _fit(self, initial, iterations, report, offset, width, precise_finest=False, go_on=None):
         """Multi-resolution fit, one SimpleITK run per level so each level has its own iteration count.
 
         report: the stage's _Progress; the fit covers [offset, offset + width] of the stage.
         precise_finest: fit the full-resolution level with PRECISE_METRIC_SAMPLES
         and quadratic B-spline interpolation (the rigid stage; see PRECISE_METRIC_SAMPLES).
+        go_on(transform): asked after every level but the last; False ends the fit there.
         """
         transform = initial
         settings = self.settings
@@ -248,6 +250,10 @@ class LinearStages:
             level = self._level(shrink, sigma, precise)
             _, transform = level.fit(settings, count, transform, lambda iteration: report.iteration(
                 start + width * iteration / (count * len(levels)), f"{task}, iteration {iteration}"))
+            if go_on is not None and index + 1 < len(levels) and not go_on(transform):
+                logger.info("fit ended at %s: the finer levels cannot change the outcome",
+                            _spacing_text(self.fixed.image, shrink))
+                break
         return transform
 
     def _level(self, shrink: int, sigma_mm: float, precise: bool = False) -> "_PyramidLevel":
@@ -266,6 +272,15 @@ class LinearStages:
         fixed = metric_image(coarse.fixed, imageio.on_grid_of(fixed_head, coarse.fixed))
         moving = metric_image(coarse.moving, imageio.on_grid_of(moving_head, coarse.moving))
         return _PyramidLevel(fixed, moving, fixed_head, coarse.shrink)
+
+
+def _scaling_worth_refining(affine: sitk.AffineTransform) -> bool:
+    """Whether a coarse level's affine scales or shears enough that the finer levels may make it count.
+
+    A coarse level that finds less than half of evidence.MIN_SCALING has found
+    a rotation: refining it costs the finest level's time and ends dropped.
+    """
+    return evidence.scaling_departure(affine) >= evidence.MIN_SCALING / 2
 
 
 def fit_image(image: sitk.Image) -> sitk.Image:

@@ -291,11 +291,13 @@ def _decision(name, scorer, current, transform, current_score, new_score, fixed_
             return evidence.Decision(True, f"kept: score {new_score:.4f} (headers' alignment {current_score:.4f})")
         return evidence.Decision(False, f"dropped: score {new_score:.4f} is below the headers' alignment's "
                                         f"{current_score:.4f}, which is kept")
-    gain = scorer.gain(current, transform)
+    def measure_gain():
+        return scorer.gain(current, transform)
+
     if name == "affine":
-        return evidence.affine_decision(transform, gain)
+        return evidence.affine_decision(transform, measure_gain)
     points = evidence.head_points(fixed_work.region_mask())
-    return evidence.deformable_decision(evidence.change_mm(current, transform, points), gain)
+    return evidence.deformable_decision(evidence.change_mm(current, transform, points), measure_gain)
 
 
 def _run_stage(name, linear_stages, fixed, moving, current, preset, progress):
