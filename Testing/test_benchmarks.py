@@ -6,7 +6,10 @@ equal the known misalignment), the true mapping (error ~0) and the SimpleITK
 textbook adapter (its error must match a direct TransformPoint evaluation).
 The clinical-size section's builder is checked on small grids (its images
 agree with its truth, whichever image carries the motion), and so are its
-checks and the sampler that says where our memory peaks.
+checks and the sampler that says where our memory peaks.  The classic
+experiments' cases are checked too: the known deformation (diffeomorphic, its
+peak, its inverse, its direction in the deformed image), the relative truth
+built on it, and the circle and C shapes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import SimpleITK as sitk
 
 from conftest import shared_file
 
-from benchmarks import cases, clinical, methods
+from benchmarks import cases, classic, clinical, methods
 from benchmarks.worker import PeakSampler, evaluate_case
 
 PAIR = cases.PAIRS[2]  # MNI T1 -> T2: small (2 mm) volumes
@@ -177,3 +180,86 @@ def test_peak_sampler_names_the_step_running_at_the_peak():
         time.sleep(0.1)
     assert sampler.peak_step == "holding 300 MB"
     assert sampler.peak_mb > 300
+
+
+# ---------------------------------------------------------------- classic experiments
+
+@pytest.fixture(scope="module")
+def small_subject():
+    """The classic section's subject at 2 mm (block-averaged, for speed), its head mask and its known deformation."""
+    subject = sitk.BinShrink(sitk.ReadImage(str(shared_file(classic.SUBJECT_SOURCE))), [2, 2, 2])
+    head = cases.head_mask(subject)
+    return subject, head, classic.known_deformation(subject, head, seed=0)
+
+
+def test_known_deformation_is_diffeomorphic_with_the_requested_peak(small_subject):
+    subject, head, deformation = small_subject
+    points = classic.head_points(subject, head)
+    statistics = classic.deformation_statistics(deformation, points)
+    assert classic.DEFORMATION_PEAK_MM[0] <= deformation.peak_mm <= classic.DEFORMATION_PEAK_MM[1]
+    assert statistics["peak_mm"] == pytest.approx(deformation.peak_mm, rel=1e-9)
+    assert statistics["min_jacobian"] > 0.0
+    # |grad u| < 1 everywhere makes D = id + u one-to-one on all of space (and the inversion a contraction).
+    assert statistics["max_gradient"] <= statistics["lipschitz_bound"] < 1.0
+
+
+def test_known_deformation_inverts_to_within_0_05_mm(small_subject):
+    subject, head, deformation = small_subject
+    points = classic.head_points(subject, head)
+    returned, residual = deformation.inverse(deformation.apply(points))
+    assert np.linalg.norm(returned - points, axis=1).max() < classic.INVERSION_RESIDUAL_MAX_MM
+    assert residual < classic.INVERSION_RESIDUAL_MAX_MM
+    forward_of_inverse = deformation.apply(deformation.inverse(points)[0])
+    assert np.linalg.norm(forward_of_inverse - points, axis=1).max() < classic.INVERSION_RESIDUAL_MAX_MM
+
+
+def test_deformed_subject_is_the_subject_read_through_d(small_subject):
+    """deformed(q) = subject(D(q)) at its voxels q (to its int16 rounding), not subject(D^-1(q)): the direction
+    the relative truth D^-1(phi_undeformed(x)) relies on."""
+    subject, head, deformation = small_subject
+    voxels = np.argwhere(head)[::20]
+    points = cases.index_to_physical(subject, voxels[:, ::-1])
+    found = sitk.GetArrayFromImage(classic.deformed_image(subject, deformation))[tuple(voxels.T)].astype(float)
+    through_d = _values_at(subject, deformation.apply(points))
+    through_inverse = _values_at(subject, deformation.inverse(points)[0])
+    inside = np.isfinite(through_d) & np.isfinite(through_inverse)
+    assert inside.mean() > 0.95
+    assert np.abs(found - through_d)[inside].max() <= 0.5 + 1e-6
+    assert np.mean(np.abs(found - through_inverse)[inside]) > 10.0
+
+
+def test_relative_truth_scores_the_exact_answer_zero_and_ignoring_d_its_size(small_subject):
+    subject, head, deformation = small_subject
+    points = classic.head_points(subject, head)[::10]
+    undeformed = np.full_like(points, 3.0)  # any mapping of the undeformed pair
+    exact = deformation.inverse(points + undeformed)[0] - points
+    errors, ignoring, residual = classic.relative_errors(deformation, points, undeformed, exact)
+    assert errors.max() < 1e-6 and residual < 1e-6
+    same, _, _ = classic.relative_errors(deformation, points, undeformed, undeformed)
+    np.testing.assert_allclose(same, ignoring)
+    assert ignoring.max() > 5.0
+
+
+@pytest.mark.parametrize("origin", ["dipy", "built"])
+def test_circle_and_c_have_the_expected_pixel_counts(origin):
+    if origin == "dipy":
+        if classic.dipy_shape_folder() is None:
+            pytest.skip("dipy is not installed: its circle.npy and C.npy are not on this machine")
+        circle, c, _ = classic.circle_and_c()
+    else:
+        circle, c = classic.built_circle_and_c()
+    assert circle.shape == c.shape == (256, 256)
+    assert set(np.unique(circle)) == set(np.unique(c)) == {0.0, 1.0}
+    assert circle.sum() == pytest.approx(classic.DIPY_CIRCLE_PIXELS, rel=0.03)
+    assert c.sum() == pytest.approx(classic.DIPY_C_PIXELS, rel=0.03)
+    assert not np.any(c > circle), "the C lies inside the circle's disk"
+
+
+def test_planar_scores_of_the_identity_mapping():
+    circle, c = classic.built_circle_and_c()
+    warped = classic.warp_planar(circle, np.zeros(circle.shape + (2,)))
+    np.testing.assert_allclose(warped, circle)
+    assert classic.dice(warped > 0.5, c > 0.5) == pytest.approx(2 * c.sum() / (circle.sum() + c.sum()))
+    shift = np.zeros(circle.shape + (2,))
+    shift[..., 0] = 0.01 * np.arange(256)[None, :]  # x stretched by 1 %
+    np.testing.assert_allclose(classic.planar_jacobian(shift), 1.01)

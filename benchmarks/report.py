@@ -23,6 +23,9 @@ FAILURE_MM = 5.0
 VARIANT_ORDER = {"rigid": 0, "affine": 1, "chain": 2}
 TOOL_ORDER = {"ours": 0, "SimpleITK": 1, "ANTsPy": 2, "elastix": 3, "Greedy": 4}
 CLINICAL = "clinical"  # the clinical-size section's kind of case
+# The classic experiments' kinds of case (benchmarks.classic): circle to C, subject to template.
+CLASSIC_PLANAR = "classic 2D"
+CLASSIC_TEMPLATE = "classic 3D"
 
 
 def case_row(method, case: dict, outcome: dict, initial_errors: np.ndarray) -> dict:
@@ -173,6 +176,10 @@ def markdown_report(summaries: list, rows: list, speed: Optional[dict], checks: 
     if clinical:
         parts += ["**Clinical-size cases** (each method in a fresh process per case)", "",
                   *[f"- {line}" for line in meta.get("clinical", [])], "", *_clinical_table(clinical), ""]
+    classic = [s for s in summaries if s["kind"] in (CLASSIC_PLANAR, CLASSIC_TEMPLATE)]
+    if classic:
+        parts += ["**Classic experiments** (issue 17; each method in a fresh process)", "",
+                  *[f"- {line}" for line in meta.get("classic", [])], "", *_classic_tables(classic), ""]
     if checks:
         parts += ["**Checks**", "", *[f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in checks], ""]
     parts += [f"TRE: error in mm at {meta['points']} head points per case, pooled over the cases; "
@@ -228,6 +235,36 @@ def _clinical_table(summaries: Iterable[dict]) -> list:
                  s.get("peak_step") or "-"]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return lines
+
+
+def _classic_tables(summaries: list) -> list:
+    """Circle to C: Dice, min Jacobian, round trip, time; subject to template: errors, Jacobian, time, memory."""
+    lines = []
+    planar = [s for s in summaries if s["kind"] == CLASSIC_PLANAR]
+    if planar:
+        lines += ["| circle -> C | Dice | min Jac | inverse(forward) max px | time s | x ours | status |",
+                  "|" + "---|" * 7]
+        lines += ["| " + " | ".join(str(cell) for cell in (
+            s["method"], _cell(s.get("dice"), 3), _cell(s.get("min_jacobian"), 3),
+            _cell(s.get("round_trip_max_px"), 3), _cell(s.get("seconds"), 1), _cell(s.get("time_vs_ours")),
+            _classic_status(s))) + " |" for s in planar]
+    template = [s for s in summaries if s["kind"] == CLASSIC_TEMPLATE]
+    if template:
+        lines += ([""] if lines else []) + [
+            "| subject -> template | mean error | p95 | max | D alone | min Jac | time s | x ours | peak MB "
+            "| status |", "|" + "---|" * 10]
+        lines += ["| " + " | ".join(str(cell) for cell in (
+            s["method"], _cell(s.get("tre_mean")), _cell(s.get("tre_p95")), _cell(s.get("tre_max")),
+            _cell(s.get("deformation_mean_mm")), _cell(s.get("min_jacobian"), 3), _cell(s.get("seconds"), 1),
+            _cell(s.get("time_vs_ours")), _cell(s.get("peak_mb"), 0), _classic_status(s))) + " |" for s in template]
+    return lines
+
+
+def _classic_status(summary: dict) -> str:
+    """ok (with the method's note, if any), or how it ended and why."""
+    if summary["status"] == "ok":
+        return "ok" + (f" ({summary['note']})" if summary.get("note") else "")
+    return f"{summary['status']}: {summary.get('message', '')}".replace("|", "/")
 
 
 def _level_table(rows: list) -> list:

@@ -106,12 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--identify", action="store_true",
                         help="only recognise the modality of each image, one line per image")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("."),
-                        help="folder for the default outputs (default: current folder)")
+                        help="folder for the default outputs (default: current folder); for two 2D images, a "
+                             ".png, .tif or .tiff name is the registered image itself, the other outputs beside it")
     parser.add_argument("--output-transform", type=Path,
                         help="transform file, .h5 or .tfm (default: OUTDIR/<moving>_to_<fixed>.h5)")
     parser.add_argument("--output-volume", type=Path,
-                        help="moving image resampled onto the fixed grid, .nii.gz, .nii, .nrrd or .mha "
-                             "(default: OUTDIR/<moving>_registered.nii.gz)")
+                        help="moving image resampled onto the fixed grid, .nii.gz, .nii, .nrrd or .mha, and for 2D "
+                             "images .png, .tif or .tiff too (default: OUTDIR/<moving>_registered.nii.gz; for 2D "
+                             "PNG, TIFF or JPEG inputs, .png or .tif as the fixed image)")
     parser.add_argument("--report", type=Path, help="JSON report (default: OUTDIR/<moving>_report.json)")
     parser.add_argument("--fixed-modality", choices=MODALITIES, type=str.upper, help="skip recognition of the fixed image")
     parser.add_argument("--moving-modality", choices=MODALITIES, type=str.upper, help="skip recognition of the moving image")
@@ -204,8 +206,10 @@ def identify(first: str, others: List[str], run: Optional["_Run"] = None) -> int
         if run is not None:
             run.check()
         _say_series(loaded)
-        imageio.validate_image(loaded.image, str(path))
-        guess = identify_modality(imageio.as_float32(loaded.image), loaded.hints)
+        image = imageio.as_planar_scalar(loaded.image, str(path))[0] if imageio.is_planar(loaded.image) \
+            else loaded.image  # a colour photograph as its luminance, a single slice as 2D
+        imageio.validate_image(image, str(path))
+        guess = identify_modality(imageio.as_float32(image), loaded.hints)
         print(f"{path}\t{guess.modality}\t{guess.confidence:.2f}\t{guess.reason}")
     return 0
 
@@ -235,12 +239,17 @@ def register_and_write(args, run: Optional["_Run"] = None, report_extra: Optiona
         if not path.exists():
             raise InvalidInputError(f"{path}: no such file or folder; check the path")
     kinds = _carried_kinds(args)
-    outputs = _output_paths(args)
+    planar = imageio.planar_file(args.fixed) and imageio.planar_file(args.moving[0])  # two 2D images (planar.py)
+    outputs = _output_paths(args, planar)
     checked_inputs = inputs + ([args.preset_table] if args.preset_table else [])
-    check_output_paths(outputs, checked_inputs)
+    check_output_paths(outputs, checked_inputs, planar=planar)
     carried_outputs = _carried_output_paths(args.also, outputs)
-    check_output_paths({f"also:{source}": path for source, path in carried_outputs.items()}, checked_inputs)
+    check_output_paths({f"also:{source}": path for source, path in carried_outputs.items()}, checked_inputs,
+                       planar=planar)
     if args.qc is not None:
+        if planar:
+            raise InvalidInputError("--qc draws three planes of a 3D volume and has no 2D version; leave out --qc "
+                                    "for 2D images")
         _check_qc_folder(args.qc, checked_inputs)
     fixed = imageio.read_image(args.fixed, args.fixed_series)
     run.check()
@@ -280,13 +289,16 @@ def register_and_write(args, run: Optional["_Run"] = None, report_extra: Optiona
     progress(1.0, f"writing the transform {outputs['transform'].name}")
     run.stage(outputs["transform"], lambda path: sitk.WriteTransform(result.transform, str(path)))
     progress(1.0, f"writing the registered volume {outputs['volume'].name}")
-    run.stage(outputs["volume"], lambda path: sitk.WriteImage(result.resampled_moving, str(path), True))
+    volume = _in_file_pixel_type(result.resampled_moving, outputs["volume"], result, report)
+    if volume is not result.resampled_moving:
+        report["output_volume_values"] = result.notes[-1]
+    run.stage(outputs["volume"], lambda path: sitk.WriteImage(volume, str(path), True))
     if carried:
         report["also"] = []
     for item in carried:
         how = applying.describe_kind(item.kind)
         progress(1.0, f"carrying {item.loaded.path.name} ({how}) onto the fixed grid")
-        moved = result.apply(item.loaded.image, kind=item.kind)
+        moved = _in_file_pixel_type(result.apply(item.loaded.image, kind=item.kind), item.output, result, report)
         run.stage(item.output, lambda path: sitk.WriteImage(moved, str(path), True))
         report["also"].append({"input": str(item.loaded.path), "output": str(item.output), "kind": item.kind,
                                "carried_as": how})
@@ -305,6 +317,18 @@ def register_and_write(args, run: Optional["_Run"] = None, report_extra: Optiona
     if line is not None:
         line.finish()
     return result, written
+
+
+def _in_file_pixel_type(image, path: Path, result, report: dict):
+    """`image` as the format of `path` holds it (imageio.in_file_pixel_type: a 2D image written as PNG); a change
+    of its values is a note of the result and of the report."""
+    from . import imageio
+
+    written, note = imageio.in_file_pixel_type(image, path, result.fixed_image)
+    if note is not None:
+        result.notes.append(note)
+        report["notes"] = list(result.notes)
+    return written
 
 
 def run_apply(args, run: Optional["_Run"] = None) -> int:
@@ -356,21 +380,38 @@ def summary(result, outputs: dict) -> str:
                      f"{stage.verdict}"
                      + (f"  ({stage.message})" if stage.message else ""))
     lines.append(f"verdict: {result.verdict}")
+    lines += [f"note: {note}" for note in getattr(result, "notes", [])]  # 2D results: colour, slices, PNG values
     lines.append(f"total {result.seconds:.1f} s")
     lines += [f"{name}: {path}" for name, path in outputs.items()]
     return "\n".join(lines)
 
 
-def _output_paths(args) -> Dict[str, Path]:
-    """The three output paths: as given, else named after the inputs in OUTDIR."""
-    from .imageio import image_name
+def _output_paths(args, planar: bool = False) -> Dict[str, Path]:
+    """The three output paths: as given, else named after the inputs in OUTDIR.
+
+    planar (two 2D images): `-o OUT.png` (or .tif, .tiff) names the registered
+    image and puts the other outputs beside it; the default registered image
+    of PNG, TIFF or JPEG inputs is a .png or .tif like the fixed image.
+    """
+    from .imageio import PLANAR_IMAGE_SUFFIXES, image_name
 
     stem = image_name(args.moving[0])
+    folder, volume = args.output_dir, args.output_volume
+    if planar and args.output_dir.name.lower().endswith(PLANAR_IMAGE_SUFFIXES) and not args.output_dir.is_dir():
+        folder, volume = args.output_dir.parent, volume or args.output_dir
     return {
-        "transform": args.output_transform or args.output_dir / f"{stem}_to_{image_name(args.fixed)}.h5",
-        "volume": args.output_volume or args.output_dir / f"{stem}_registered.nii.gz",
-        "report": args.report or args.output_dir / f"{stem}_report.json",
+        "transform": args.output_transform or folder / f"{stem}_to_{image_name(args.fixed)}.h5",
+        "volume": volume or folder / f"{stem}_registered{_planar_suffix(args.fixed) if planar else '.nii.gz'}",
+        "report": args.report or folder / f"{stem}_report.json",
     }
+
+
+def _planar_suffix(fixed) -> str:
+    """The default format of a registered 2D image: the fixed image's PNG or TIFF (JPEG: PNG), else .nii.gz."""
+    name = Path(fixed).name.lower()
+    if name.endswith((".png", ".jpg", ".jpeg")):
+        return ".png"
+    return ".tif" if name.endswith((".tif", ".tiff")) else ".nii.gz"
 
 
 @dataclass
@@ -395,10 +436,10 @@ def _carried_kinds(args) -> List[str]:
 
 def _carried_output_paths(sources: List[Path], outputs: Dict[str, Path]) -> Dict[Path, Path]:
     """Each --also image's output: <name>_registered, beside the registered volume and in its format."""
-    from .imageio import VOLUME_SUFFIXES, image_name
+    from .imageio import PLANAR_IMAGE_SUFFIXES, VOLUME_SUFFIXES, image_name
 
     volume = outputs["volume"]
-    suffix = next(end for end in VOLUME_SUFFIXES if volume.name.lower().endswith(end))
+    suffix = next(end for end in VOLUME_SUFFIXES + PLANAR_IMAGE_SUFFIXES if volume.name.lower().endswith(end))
     taken = {path.resolve(): f"{OUTPUT_OPTIONS[role]} {path}" for role, path in outputs.items()}
     carried = {}
     for source in sources:
@@ -416,7 +457,8 @@ def _read_carried(path: Path, kind: str, output: Path, moving) -> _Carried:
     from . import applying, imageio
 
     loaded = imageio.read_image(path)
-    applying.check_carried_image(loaded.image, f"--also {path}")
+    if not (imageio.is_planar(loaded.image) and imageio.is_planar(moving)):  # 2D images: planar.py carries them
+        applying.check_carried_image(loaded.image, f"--also {path}")
     if imageio.physical_overlap_fraction(loaded.image, moving) == 0.0:
         raise InvalidInputError(f"--also {path} does not overlap the moving image in physical space; --also takes "
                                 "images in the moving image's space (of the same session), or fix its origin")
@@ -471,7 +513,7 @@ def _itk_reason(error: RuntimeError) -> str:
 # --------------------------------------------------------------------------- output paths
 
 
-def check_output_paths(outputs: Dict[str, Path], inputs: List[Path]) -> None:
+def check_output_paths(outputs: Dict[str, Path], inputs: List[Path], planar: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written or would destroy an input.
 
     Each output needs a suffix its writer supports, a folder that exists or
@@ -479,11 +521,13 @@ def check_output_paths(outputs: Dict[str, Path], inputs: List[Path]) -> None:
     at once), must not be a folder, must not be one of the inputs (the files
     read, a detached header's data file, a file inside an input DICOM folder:
     by resolved path and by file identity, so hard and symbolic links count).
+    planar: the images are 2D, whose registered image may be a PNG or TIFF too.
     """
-    from .imageio import VOLUME_SUFFIXES, input_files
+    from .imageio import PLANAR_IMAGE_SUFFIXES, VOLUME_SUFFIXES, input_files
 
-    allowed = {"transform": TRANSFORM_SUFFIXES, "volume": VOLUME_SUFFIXES, "report": REPORT_SUFFIXES,
-               "also": VOLUME_SUFFIXES, "output": VOLUME_SUFFIXES}
+    images = VOLUME_SUFFIXES + (PLANAR_IMAGE_SUFFIXES if planar else ())
+    allowed = {"transform": TRANSFORM_SUFFIXES, "volume": images, "report": REPORT_SUFFIXES, "also": images,
+               "output": VOLUME_SUFFIXES}
     sources = [(Path(source), file) for source in inputs if Path(source).exists()
                for file in [Path(source), *input_files(source)]]
     for name, path in outputs.items():  # each output's name differs (checked beforehand for --also images)

@@ -14,8 +14,9 @@ a stage is kept only when both hold:
 - what it changes is large enough to be real for one patient's two scans:
   the affine stage must find a scaling or shear beyond what a scanner's
   calibration allows between two series (MIN_SCALING), the deformable stage
-  must move part of the head by at least one working voxel (MIN_DEFORMATION_MM
-  at the 95th percentile of the head's points).
+  must move part of the head by at least one voxel of the coarser image, and
+  never less than MIN_DEFORMATION_MM (at the 95th percentile of the points
+  where both images show the head: see deformation_threshold_mm).
 
 The verdicts are plain sentences for the report, the command line and the
 Slicer panel.
@@ -24,7 +25,7 @@ Slicer panel.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,12 +38,20 @@ from .score import TOLERANCE, ScoreGain
 # its own fitting noise (on aligned T1/T2/PD/CT pairs it finds 0.5-1.8 %).
 MIN_SCALING = 0.02
 # A deformation whose 95th-percentile displacement in the head is below one
-# working voxel is not told apart from interpolation and contrast noise.
+# voxel of the coarser image (and never below this) is not told apart from
+# interpolation, partial-volume and contrast effects: where two contrasts mix
+# tissues in one voxel differently, their edges sit up to a voxel apart.
 MIN_DEFORMATION_MM = 1.0
 # A gain counts when it is above its noise at the one-sided 95 % level of a normal distribution.
 NOISE_MULTIPLE = 1.645
 # Head points at which the change of the mapping is measured.
 CHANGE_POINTS = 4000
+# Two scans of one head never differ in size by this much (scanner calibration: 1-2 %); two adults' heads,
+# or a head and a population template, do: the affine between them scales by 4-16 % (six such pairs of
+# ../shared/data: 4.2-15.5 %; nine same-subject pairs, cross-modality included: 0-1.7 %).
+DIFFERENT_PEOPLE_SCALING = 0.035
+SAME_PATIENT = "same patient"
+DIFFERENT_PEOPLE = "different people"
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,39 @@ class Decision:
 
     kept: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Whom the two scans show, as the pipeline assumed it: SAME_PATIENT or DIFFERENT_PEOPLE, and why."""
+
+    case: str
+    reason: str
+
+    @property
+    def different(self) -> bool:
+        return self.case == DIFFERENT_PEOPLE
+
+
+def subjects_as_told(inter_subject) -> Subjects:
+    """The case before any stage ran: the caller's word (True/False), else one patient until the affine tells."""
+    if inter_subject is None:
+        return Subjects(SAME_PATIENT, "assumed: two scans of one patient (the default)")
+    if inter_subject:
+        return Subjects(DIFFERENT_PEOPLE, "as asked: two different people, or a patient and a template")
+    return Subjects(SAME_PATIENT, "as asked: two scans of one patient")
+
+
+def subjects_from_affine(affine: sitk.Transform) -> Subjects:
+    """Different people when the affine between the heads scales beyond anything one patient's scans show."""
+    departure = scaling_departure(affine)
+    if departure >= DIFFERENT_PEOPLE_SCALING:
+        return Subjects(DIFFERENT_PEOPLE, f"detected: the heads differ in size or shape by {100 * departure:.1f} % "
+                                          f"(one patient's scans differ by under {100 * MIN_SCALING:.0f} %), so "
+                                          "these are taken to be two different people or a patient and a template; "
+                                          "pass inter_subject=False (--same-subject) if they are one patient")
+    return Subjects(SAME_PATIENT, f"detected: the heads have the same size and shape (within "
+                                  f"{100 * departure:.1f} %), as two scans of one patient do")
 
 
 def head_points(region: sitk.Image, count: int = CHANGE_POINTS) -> np.ndarray:
@@ -86,7 +128,7 @@ def scaling_departure(affine: sitk.Transform) -> float:
 def affine_decision(affine: sitk.Transform, measure_gain: Callable[[], ScoreGain]) -> Decision:
     """Keep an affine (fixed -> moving) only for a real scaling or shear that raises the score beyond noise.
 
-    measure_gain() is called only when the scaling is large enough to matter (the bootstrap costs a few tenths of a second).
+    measure_gain() is called only when the scaling is large enough to matter (its bootstrap takes tenths of a second).
     """
     departure = scaling_departure(affine)
     scaling_text = f"a scaling of up to {100 * departure:.1f} %"
@@ -101,14 +143,25 @@ def affine_decision(affine: sitk.Transform, measure_gain: Callable[[], ScoreGain
     return Decision(True, f"kept: corrects {scaling_text} between the scans ({_gain_text(gain)})")
 
 
-def deformable_decision(change: float, measure_gain: Callable[[], ScoreGain]) -> Decision:
-    """Keep a deformation only when it moves part of the head by a voxel or more and improves the match beyond noise.
+def deformation_threshold_mm(*images: sitk.Image) -> float:
+    """The smallest deformation the images can show: one voxel of the coarser image (cube root of its volume)."""
+    voxel_sides = [float(np.prod(image.GetSpacing())) ** (1.0 / image.GetDimension()) for image in images]
+    return max([MIN_DEFORMATION_MM] + voxel_sides)
+
+
+def deformable_decision(change: float, measure_gain: Callable[[], ScoreGain],
+                        threshold_mm: float = MIN_DEFORMATION_MM, min_jacobian: Optional[float] = None) -> Decision:
+    """Keep a deformation only when it folds nothing, moves part of the head by a voxel or more and
+    improves the match beyond noise.
 
     measure_gain() is called only when the deformation is large enough to matter.
     """
+    if min_jacobian is not None and min_jacobian <= 0:
+        return Decision(False, f"dropped: it folds the image onto itself (minimum Jacobian determinant "
+                               f"{min_jacobian:.3f}), which no anatomy does; the linear alignment is kept")
     moved_text = f"moves 5 % of the head by {change:.2f} mm or more"
-    if change < MIN_DEFORMATION_MM:
-        return Decision(False, f"dropped: it {moved_text}, less than the {MIN_DEFORMATION_MM:g} mm the images "
+    if change < threshold_mm:
+        return Decision(False, f"dropped: it {moved_text}, less than the {threshold_mm:.2g} mm the images "
                                f"can tell from noise; the linear alignment is kept")
     gain = measure_gain()
     if not significant(gain):

@@ -6,6 +6,7 @@ direction, and nothing resamples an image unless its name says so.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,14 @@ GRID_TOLERANCE = 1e-4
 # Output volume formats: single files (so that they can be renamed into place) that keep
 # the geometry exactly.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# --- 2D images (planar.py) ---
+# Formats a registered 2D image may be written as besides VOLUME_SUFFIXES: single files, lossless.
+PLANAR_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# Colour to luminance: Rec. 709 (sRGB) luma weights of R, G, B, applied to the stored (gamma-encoded) values.
+LUMINANCE_WEIGHTS = (0.2126, 0.7152, 0.0722)
+# Pixel types a PNG file holds; another type is rounded and clamped to one of these when written as PNG.
+PNG_PIXEL_TYPES = ("uint8", "uint16")
+# --- end 2D images ---
 # DICOM tags that help recognise the modality, by hint name (the command line and the Slicer module read the same).
 DICOM_HINT_TAGS = {
     "0008|0060": "Modality",
@@ -221,7 +230,8 @@ def _series_description(files) -> str:
 def image_name(path) -> str:
     """The file or folder name without its image suffixes ('T2' for T2.nii.gz): names the outputs."""
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".png", ".tiff", ".tif", ".jpeg",
+                   ".jpg"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -234,11 +244,12 @@ def validate_image(image: sitk.Image, role: str) -> None:
     What the image is comes first (not an image, 4D, colour, bad header, NaN,
     constant, a label map), then whether it is large enough: a volume under
     MIN_VOXELS_PER_AXIS voxels or MIN_EXTENT_MM along an axis would make the
-    coarse pyramid levels fail inside ITK.
+    coarse pyramid levels fail inside ITK.  A 2D scalar image (planar.py) gets
+    the same checks, its size in pixels only (its pyramid is in pixels).
     """
     if not isinstance(image, sitk.Image):
         raise InvalidInputError(f"{role} is a {type(image).__name__}, not a SimpleITK image; read it with SimpleITK first")
-    if image.GetDimension() != 3:
+    if image.GetDimension() not in (2, 3):
         raise InvalidInputError(
             f"{role} is {image.GetDimension()}D; give a single 3D volume (extract one time point or slice stack first)")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -252,7 +263,7 @@ def validate_image(image: sitk.Image, role: str) -> None:
         raise InvalidInputError(
             f"{role} has voxel spacing {tuple(np.round(spacing, 4))} mm, outside {MIN_SPACING_MM}-{MAX_SPACING_MM} mm; "
             "the header is probably in metres or corrupted: fix the spacing")
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    direction = np.asarray(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
     if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
         raise InvalidInputError(f"{role} has a degenerate direction matrix; fix the orientation in the file header")
     values = sitk.GetArrayViewFromImage(image)
@@ -270,6 +281,9 @@ def validate_image(image: sitk.Image, role: str) -> None:
             f"{role} looks like a label map or segmentation ({labels} distinct integer values), not a scan; "
             "register the scan it was drawn on, then apply the transform to the label map with "
             "nearest-neighbour interpolation")
+    if image.GetDimension() == 2:
+        _check_planar_size(image, role)
+        return
     if min(image.GetSize()) < MIN_VOXELS_PER_AXIS:
         raise InvalidInputError(
             f"{role} is {'x'.join(map(str, image.GetSize()))} voxels, too small to register: give a volume "
@@ -279,6 +293,14 @@ def validate_image(image: sitk.Image, role: str) -> None:
         raise InvalidInputError(
             f"{role} spans only {'x'.join(f'{e:.3g}' for e in extent)} mm, too small to register: give a volume "
             f"at least {MIN_EXTENT_MM:g} mm across along each axis (a whole head)")
+
+
+def _check_planar_size(image: sitk.Image, role: str) -> None:
+    """Refuse a 2D image under MIN_VOXELS_PER_AXIS pixels along a side (its pyramid levels are in pixels, not mm)."""
+    if min(image.GetSize()) < MIN_VOXELS_PER_AXIS:
+        raise InvalidInputError(
+            f"{role} is {'x'.join(map(str, image.GetSize()))} pixels, too small to register: give an image "
+            f"of at least {MIN_VOXELS_PER_AXIS} pixels along each side")
 
 
 def label_map_values(values: np.ndarray) -> Optional[int]:
@@ -364,7 +386,8 @@ def on_grid_of(mask: sitk.Image, image: sitk.Image, role: str = "mask") -> sitk.
         return aligned
     logger.info("%s is on another grid than its image (%s voxels of %s mm); resampled onto the image grid "
                 "with nearest-neighbour interpolation", role, mask.GetSize(), mask.GetSpacing())
-    return sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.Resample(mask, image, sitk.Transform(image.GetDimension(), sitk.sitkIdentity),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = GRID_TOLERANCE) -> bool:
@@ -458,9 +481,9 @@ def mask_center(mask: sitk.Image) -> np.ndarray:
 
 
 def physical_corners(image: sitk.Image) -> np.ndarray:
-    """The 8 corners of the image domain in physical space, shape (8, 3)."""
+    """The corners of the image domain in physical space, shape (8, 3) for a volume, (4, 2) for a 2D image."""
     size = np.asarray(image.GetSize()) - 1
-    corners = [(i, j, k) for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])]
+    corners = itertools.product(*[(0, int(last)) for last in size])
     return np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]) for corner in corners])
 
 
@@ -496,17 +519,26 @@ def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transfo
         return sitk.Resample(moving, fixed, transform, interpolator, background, moving.GetPixelID())
     dtype = sitk.GetArrayViewFromImage(moving).dtype
     exact = sitk.sitkFloat32 if dtype.itemsize <= 2 else sitk.sitkFloat64  # float32 holds every 16-bit integer
-    limits = np.iinfo(dtype)
-    width, height, depth = fixed.GetSize()
-    values = np.empty((depth, height, width), dtype=dtype)
-    for first, count, reference in grid_slabs(fixed):
-        slab_image = sitk.Resample(moving, reference, transform, interpolator, background, exact)
-        interpolated = sitk.GetArrayViewFromImage(slab_image)  # a view: slab_image must outlive it
-        halves_away_from_zero = np.copysign(np.floor(np.abs(interpolated) + 0.5), interpolated)
-        values[first:first + count] = np.clip(halves_away_from_zero, limits.min, limits.max)
+    if fixed.GetDimension() == 2:  # a 2D image (planar.py) is a single slab
+        interpolated = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, interpolator, background, exact))
+        values = rounded_to_type(interpolated, dtype)
+    else:
+        width, height, depth = fixed.GetSize()
+        values = np.empty((depth, height, width), dtype=dtype)
+        for first, count, reference in grid_slabs(fixed):
+            slab_image = sitk.Resample(moving, reference, transform, interpolator, background, exact)
+            interpolated = sitk.GetArrayViewFromImage(slab_image)  # a view: slab_image must outlive it
+            values[first:first + count] = rounded_to_type(interpolated, dtype)
     rounded = sitk.GetImageFromArray(values)
     rounded.CopyInformation(fixed)
     return rounded
+
+
+def rounded_to_type(values: np.ndarray, dtype) -> np.ndarray:
+    """Float values as the integer `dtype`: rounded to the nearest (halves away from zero), clamped to its range."""
+    limits = np.iinfo(dtype)
+    halves_away_from_zero = np.copysign(np.floor(np.abs(values) + 0.5), values)
+    return np.clip(halves_away_from_zero, limits.min, limits.max).astype(dtype)
 
 
 def grid_slabs(reference: sitk.Image):
@@ -545,3 +577,127 @@ def shrink_to_spacing(image: sitk.Image, target_mm: float) -> sitk.Image:
     if all(f == 1 for f in factors):
         return image
     return sitk.BinShrink(image, factors)
+
+
+# --------------------------------------------------------------------------- 2D images (planar.py)
+
+
+def single_slice_axis(image: sitk.Image) -> Optional[int]:
+    """For a 3D image one voxel thick along exactly one axis, that axis (0 x, 1 y, 2 z); else None."""
+    if image.GetDimension() != 3:
+        return None
+    thin = [axis for axis, count in enumerate(image.GetSize()) if count == 1]
+    return thin[0] if len(thin) == 1 else None
+
+
+def is_planar(image) -> bool:
+    """True for a 2D image, or a 3D image of a single slice (registered as 2D)."""
+    return isinstance(image, sitk.Image) and (image.GetDimension() == 2 or single_slice_axis(image) is not None)
+
+
+def planar_pair(fixed, moving) -> bool:
+    """True when both images are planar (2D, or a single slice): register() hands them to planar.py.
+
+    A 2D image with a volume is refused in one line.  A single slice with a
+    volume is left to the 3D checks (which call it too small), as before 2D
+    images were accepted.
+    """
+    if is_planar(fixed) and is_planar(moving):
+        return True
+    images = {"fixed image": fixed, "moving image": moving}
+    if all(isinstance(image, sitk.Image) for image in images.values()) and \
+            any(image.GetDimension() == 2 for image in images.values()):
+        flat, other = sorted(images, key=lambda role: images[role].GetDimension() != 2)
+        raise InvalidInputError(
+            f"the {flat} is 2D but the {other} is {images[other].GetDimension()}D "
+            f"({'x'.join(map(str, images[other].GetSize()))} voxels): register two 2D images or two 3D volumes; "
+            f"extract the matching slice of the volume first (e.g. volume[:, :, k] in SimpleITK)")
+    return False
+
+
+def planar_file(path) -> bool:
+    """True when the file's header describes a planar image (2D or a single slice); reads the header only.
+
+    The command line uses it to choose and check its output formats before
+    the images are read; a folder or an unreadable file is not planar (reading
+    it later says what is wrong).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    size = reader.GetSize()
+    return len(size) == 2 or (len(size) == 3 and sum(count == 1 for count in size) == 1)
+
+
+def as_planar_scalar(image: sitk.Image, role: str) -> Tuple[sitk.Image, List[str]]:
+    """A planar image as a 2D scalar image, and notes saying what was done to it (for the report).
+
+    A single slice of a 3D image becomes a 2D image in its own plane (its
+    in-plane spacing, origin and direction; an oblique plane's direction
+    collapses to the identity when its in-plane submatrix is not a rotation).
+    A colour image becomes its luminance (see `luminance`).  Other images are
+    returned as they are, without a note.  The caller's image is not modified.
+    """
+    notes = []
+    axis = single_slice_axis(image)
+    if axis is not None:
+        size = list(image.GetSize())
+        size[axis] = 0
+        image = sitk.Extract(image, size, [0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOGUESS)
+        notes.append(f"{role}: a 3D image one voxel thick along {'xyz'[axis]}, registered as a 2D image in its plane")
+    if image.GetNumberOfComponentsPerPixel() in (2, 3, 4):
+        image, note = luminance(image, role)
+        notes.append(note)
+    return image, notes
+
+
+def luminance(image: sitk.Image, role: str) -> Tuple[sitk.Image, str]:
+    """A colour (RGB, RGBA) or grey-and-alpha 2D image as one grey level per pixel, and a note saying how.
+
+    Colour: Rec. 709 luma, Y' = 0.2126 R' + 0.7152 G' + 0.0722 B', on the
+    stored (gamma-encoded) values, the weights of sRGB photographs.  Alpha is
+    transparency, not intensity: it is ignored.  The result keeps the
+    components' pixel type (integers rounded to the nearest, clamped).
+    """
+    components = image.GetNumberOfComponentsPerPixel()
+    values = sitk.GetArrayViewFromImage(image)
+    if components == 2:
+        grey = values[..., 0]
+        note = f"{role}: grey level with alpha; the grey level is registered, the alpha (transparency) ignored"
+    else:
+        grey = np.tensordot(values[..., :3].astype(np.float64), LUMINANCE_WEIGHTS, axes=([-1], [0]))
+        alpha = " (alpha, transparency, ignored)" if components == 4 else ""
+        note = (f"{role}: colour ({'RGBA' if components == 4 else 'RGB'}) converted to luminance{alpha}: "
+                f"Rec. 709 luma Y' = 0.2126 R' + 0.7152 G' + 0.0722 B' of the stored values")
+    dtype = values.dtype
+    scalar = sitk.GetImageFromArray(rounded_to_type(grey, dtype) if dtype.kind in "iu" else grey.astype(dtype))
+    scalar.CopyInformation(image)
+    return scalar, note
+
+
+def in_file_pixel_type(image: sitk.Image, path, fallback: sitk.Image) -> Tuple[sitk.Image, Optional[str]]:
+    """`image` as `path`'s format can hold it, and a note when its values had to change (else None).
+
+    PNG holds 8- and 16-bit unsigned integers only: another pixel type takes
+    `fallback`'s (the fixed image's) when PNG holds that, else 8 bits, its
+    values rounded to the nearest integer and clamped.  Every other format
+    written here holds the image as it is.
+    """
+    if not str(path).lower().endswith(".png") or sitk.GetArrayViewFromImage(image).dtype.name in PNG_PIXEL_TYPES:
+        return image, None
+    target = sitk.GetArrayViewFromImage(fallback).dtype
+    target = target if target.name in PNG_PIXEL_TYPES else np.dtype(np.uint8)
+    values = sitk.GetArrayViewFromImage(image)
+    converted = sitk.GetImageFromArray(rounded_to_type(values.astype(np.float64), target))
+    converted.CopyInformation(image)
+    limits = np.iinfo(target)
+    clamped = int(np.count_nonzero((values < limits.min - 0.5) | (values >= limits.max + 0.5)))
+    return converted, (f"{Path(path).name}: PNG holds {target.name} pixels; the {values.dtype.name} values were "
+                       f"rounded to the nearest integer and clamped to {limits.min}..{limits.max} ({clamped} "
+                       f"pixels clamped); write .nrrd, .mha or .nii.gz to keep them as they are")

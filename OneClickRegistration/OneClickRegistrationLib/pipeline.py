@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import SimpleITK as sitk
 
-from . import applying, deformable, evidence, imageio, score
+from . import applying, deformable, deformable_large, evidence, imageio, score
 from .errors import InvalidInputError
 from .linear import LinearStages
 from .modality import UNKNOWN, ModalityGuess, identify_modality, parse_modality
@@ -69,6 +69,8 @@ class RegistrationResult:
     # The registration's inputs (references, not copies): the grids and images `apply` and `quality_report` use.
     fixed_image: Optional[sitk.Image] = None
     moving_image: Optional[sitk.Image] = None
+    # Whom the scans show, as assumed (evidence.SAME_PATIENT or DIFFERENT_PEOPLE), and why.
+    subjects: evidence.Subjects = evidence.subjects_as_told(None)
 
     @property
     def score(self) -> float:
@@ -139,6 +141,7 @@ class RegistrationResult:
             "initial_score": round(self.initial_score, 6),
             "final_score": round(self.score, 6),
             "verdict": self.verdict,
+            "subjects": {"case": self.subjects.case, "reason": self.subjects.reason},
             "stages": [
                 {
                     "name": stage.name,
@@ -168,6 +171,7 @@ def register(
     preset_table: Optional[PresetTable] = None,
     fixed_hints: Optional[Mapping[str, str]] = None,
     moving_hints: Optional[Mapping[str, str]] = None,
+    inter_subject: Optional[bool] = None,
 ) -> RegistrationResult:
     """Align `moving` to `fixed` with no choices asked of the user.
 
@@ -189,10 +193,21 @@ def register(
     preset_table: a table loaded from a user file (default: the bundled one).
     fixed_hints, moving_hints: names and DICOM tags ('name', 'Modality',
         'SeriesDescription', ...) that help recognise the modality.
+    inter_subject: True when the scans show two different people (or a patient
+        and a template such as MNI): the affine is kept on its score and the
+        deformable stage reaches far (deformable_large.py), whatever the preset
+        says; False: one patient; None (default): one patient unless the affine
+        stage finds the heads differ in size or shape beyond what one patient's
+        scans do (evidence.subjects_from_affine).  The result says which was assumed.
     """
     start = time.perf_counter()
     report = _progress_reporter(progress)
     stages = _validated_stage_names(stages)
+    if imageio.planar_pair(fixed, moving):  # two 2D images: planar.py (a 2D image with a volume is refused here)
+        from .planar import register_planar  # modality, preset and hints do not apply in 2D (see planar.py)
+
+        return register_planar(fixed, moving, stages=stages, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                               progress=progress)
     imageio.validate_image(fixed, "fixed image")
     imageio.validate_image(moving, "moving image")
     fixed_mask = imageio.validated_mask(fixed_mask, fixed, "fixed mask")
@@ -234,19 +249,25 @@ def register(
     initial_score = current_score
     linear_verdict = score.verdict(initial_score)  # the bound of a deformable stage's verdict
     linear_stages = LinearStages(fixed_work, moving_work, chosen.linear)
+    subjects = evidence.subjects_as_told(inter_subject)
     results = []
     stage_fraction = 1.0 / max(1, len(stages))
     for index, name in enumerate(stages):
         stage_progress = _sub_progress(report, index * stage_fraction, stage_fraction, name)
         stage_start = time.perf_counter()
         with _overlap_loss_as_input_error(name):
-            outcome = _run_stage(name, linear_stages, fixed_work, moving_work, current, chosen, stage_progress)
+            outcome = _run_stage(name, linear_stages, fixed_work, moving_work, current, chosen, stage_progress,
+                                 subjects, table, cross_modality)
         if outcome is None:
             continue
-        transform, inverse, message = outcome
+        transform, inverse, message, min_jacobian = outcome
+        if name == "affine" and inter_subject is None:
+            subjects = evidence.subjects_from_affine(transform)
+            logger.info("%s", subjects.reason)
         stage_progress(1.0, "weighing the evidence for the result")
         new_score = scorer(transform)
-        decision = _decision(name, scorer, current, transform, current_score, new_score, fixed_work)
+        decision = _decision(name, scorer, current, transform, current_score, new_score, fixed_work, moving_work,
+                             min_jacobian)
         accepted = decision.kept
         message = decision.reason + (f"; {message}" if message else "")
         stage_verdict = score.verdict(new_score)
@@ -281,10 +302,12 @@ def register(
         score_description=scorer.description,
         fixed_image=fixed,
         moving_image=moving,
+        subjects=subjects,
     )
 
 
-def _decision(name, scorer, current, transform, current_score, new_score, fixed_work) -> evidence.Decision:
+def _decision(name, scorer, current, transform, current_score, new_score, fixed_work, moving_work,
+              min_jacobian) -> evidence.Decision:
     """Keep the stage's result or not (see evidence.py); the rigid stage only has to match the header's score."""
     if name == "rigid":
         if new_score >= current_score - score.TOLERANCE:
@@ -297,32 +320,48 @@ def _decision(name, scorer, current, transform, current_score, new_score, fixed_
     if name == "affine":
         return evidence.affine_decision(transform, measure_gain)
     points = evidence.head_points(fixed_work.region_mask())
-    return evidence.deformable_decision(evidence.change_mm(current, transform, points), measure_gain)
+    return evidence.deformable_decision(evidence.change_mm(current, transform, points), measure_gain,
+                                        evidence.deformation_threshold_mm(fixed_work.image, moving_work.image),
+                                        min_jacobian)
 
 
-def _run_stage(name, linear_stages, fixed, moving, current, preset, progress):
+def _run_stage(name, linear_stages, fixed, moving, current, preset, progress, subjects, table, cross_modality):
     """Run one stage from the current transform; None when it does not apply.
 
-    fixed, moving: the working copies.  Returns (whole transform, its inverse, message).
+    fixed, moving: the working copies; subjects: evidence.Subjects (different
+    people get the far-reaching deformable stage of the table's inter-subject
+    settings, whatever the preset says).  Returns (whole transform, its inverse, message,
+    the deformation's minimum Jacobian determinant or None for a linear stage).
     """
     if name == "rigid":
         rigid = linear_stages.rigid(progress)
-        return rigid, rigid.GetInverse(), ""
+        return rigid, rigid.GetInverse(), "", None
     if name == "affine":
         affine = linear_stages.affine(current, progress)
-        return affine, affine.GetInverse(), ""
+        return affine, affine.GetInverse(), "", None
     if name == "deformable":
-        if not preset.deformable_by_default:
-            logger.info("deformable stage skipped: preset %s does not run it by default", preset.name)
+        outcome = _deformation(fixed, moving, current, preset, progress, subjects, table, cross_modality)
+        if outcome is None:
             return None
-        outcome = deformable.register_deformable(
-            fixed.image, moving.image, current, preset.deformable,
-            fixed_mask=fixed.region_mask(), progress=progress,
-        )
         forward = sitk.CompositeTransform([current, outcome.forward])
         inverse = sitk.CompositeTransform([outcome.inverse, current.GetInverse()])
-        return forward, inverse, f"minimum Jacobian determinant {outcome.min_jacobian:.3f}"
+        return forward, inverse, f"minimum Jacobian determinant {outcome.min_jacobian:.3f}", outcome.min_jacobian
     raise AssertionError(name)
+
+
+def _deformation(fixed, moving, current, preset, progress, subjects, table, cross_modality):
+    """The deformable stage's outcome: far-reaching for different people, the preset's for one patient (or None)."""
+    if subjects.different:
+        return deformable_large.register_large_deformation(
+            fixed.image, moving.image, current, table.inter_subject, cross_modality=cross_modality,
+            fixed_mask=fixed.region_mask(), progress=progress,
+        )
+    if not preset.deformable_by_default:
+        logger.info("deformable stage skipped: preset %s does not run it by default", preset.name)
+        return None
+    return deformable.register_deformable(
+        fixed.image, moving.image, current, preset.deformable, fixed_mask=fixed.region_mask(), progress=progress,
+    )
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ JSON schema beside it documents every key).  A user may pass a table of
 their own; it is validated on load and every error names the bad row.
 Besides one row per pair of real modalities, a table has one modality-agnostic
 row, modalities [unknown, unknown], used for every pair in which a scan's
-modality was not recognised.
+modality was not recognised, and one "inter_subject" object: how the
+deformable stage reaches far when the scans show two different people (or a
+patient and a template), whatever the pair's row says.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Optional, Tuple
 
-from . import deformable
+from . import deformable, deformable_large
 from .errors import InvalidInputError
 from .linear import LinearSettings
 from .modality import MODALITIES, UNKNOWN
@@ -51,6 +53,7 @@ class PresetTable:
 
     path: Path
     rows: Dict[FrozenSet[str], Preset]
+    inter_subject: deformable_large.InterSubjectSettings = deformable_large.InterSubjectSettings()
 
     def lookup(self, first: str, second: str) -> Preset:
         """The row for the pair in either order; any pair with UNKNOWN gets the agnostic row."""
@@ -100,7 +103,19 @@ def load_preset_table(path: Optional[Path] = None) -> PresetTable:
                         "whose modality is not recognised", path)
     if missing:
         raise InvalidInputError(f"preset table {path} lacks rows for {', '.join(missing)}")
-    return PresetTable(path=path, rows=rows)
+    return PresetTable(path=path, rows=rows, inter_subject=_inter_subject(document, path))
+
+
+def _inter_subject(document: dict, path: Path) -> deformable_large.InterSubjectSettings:
+    """The table's "inter_subject" object; a user table without one uses the bundled table's."""
+    if "inter_subject" in document:
+        try:
+            return deformable_large.InterSubjectSettings.from_dict(document["inter_subject"])
+        except InvalidInputError as error:
+            raise InvalidInputError(f"preset table {path}: {error}") from None
+    if path.resolve() == BUNDLED_TABLE.resolve():
+        raise InvalidInputError(f"preset table {path} lacks its 'inter_subject' object")
+    return load_preset_table().inter_subject
 
 
 def _parse_row(row, where: str) -> Preset:
