@@ -885,6 +885,11 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise ValueError(_("The {role} {name} has {count} values per voxel (colour, vector or time series); "
                                "select a single 3D scalar volume.").format(
                 role=role, name=name, count=imageData.GetNumberOfScalarComponents()))
+        if 1 in imageData.GetDimensions():
+            raise ValueError(_("The {role} {name} is a single slice (a 2D image); the module registers 3D volumes. "
+                               "Register 2D images with the oneclick-register command or with "
+                               "OneClickRegistrationLib.register from the Python console.").format(
+                role=role, name=name))
 
     @staticmethod
     def _modalityOrNone(modality: Optional[str]) -> Optional[str]:

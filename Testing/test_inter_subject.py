@@ -131,3 +131,18 @@ def _min_jacobian(transform: sitk.Transform, image: sitk.Image) -> float:
     jacobian = jacobian_determinant(sitk.GetArrayFromImage(field), image)
     head = sitk.GetArrayFromImage(imageio.head_mask(image)) > 0
     return float(jacobian[head].min())
+
+
+def test_the_command_line_says_which_case_it_assumed(tmp_path, capsys):
+    from OneClickRegistrationLib import cli
+
+    fixed_path = SAMPLE_DATA / "T1.nii.gz"
+    moving, _ = _scaled_copy(sitk.ReadImage(str(fixed_path)), 1.08)
+    moving_path = tmp_path / "larger.nrrd"
+    sitk.WriteImage(moving, str(moving_path))
+    for flag, case in (("--same-subject", evidence.SAME_PATIENT), ("--inter-subject", evidence.DIFFERENT_PEOPLE)):
+        out = tmp_path / flag.strip("-")
+        assert cli.main([str(fixed_path), str(moving_path), "-o", str(out), "--stages", "rigid,affine", "-q",
+                         flag, "--report", str(out / "r.json")]) == 0
+        assert f"subjects: {case} (as asked" in capsys.readouterr().out
+        assert json.loads((out / "r.json").read_text())["subjects"]["case"] == case

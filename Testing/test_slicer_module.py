@@ -262,6 +262,18 @@ def test_label_maps_and_vector_volumes_are_never_guessed_or_registered(scene, en
     assert scene_state(scene) == before
 
 
+def test_a_single_slice_is_refused_with_the_way_to_register_it(scene, env, t1_path):
+    """A 2D image in Slicer is a one-slice volume: the module says where 2D registration lives instead."""
+    _slicer, moduleFile, _qt, _ctk = env
+    t1 = scene.util.loadVolume(str(t1_path), {"name": "T1"})
+    photo = scene.util.addVolumeFromArray(np.random.default_rng(0).uniform(0, 255, (1, 64, 64)), name="photo")
+    logic = moduleFile.OneClickRegistrationLogic()
+    before = scene_state(scene)
+    with pytest.raises(ValueError, match="single slice .* oneclick-register command"):
+        logic.register(t1, photo, stages=("rigid",))
+    assert scene_state(scene) == before
+
+
 def test_preset_table_field_waits_for_a_json_file_and_goes_back_to_the_bundled_table(widget, scene, env, tmp_path):
     """CTK emits currentPathChanged per keystroke: no dialog while typing; a valid table is used once complete."""
     scene.app.testing = False  # real dialogs: any unexpected one raises in the stand-in

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", default=",".join(STAGE_NAMES),
                         help="comma-separated stages to run, in order (default: %(default)s)")
     parser.add_argument("--preset-table", type=Path, help="a preset table of your own (JSON, same schema as the bundled one)")
+    subjects = parser.add_mutually_exclusive_group()
+    subjects.add_argument("--inter-subject", dest="inter_subject", action="store_const", const=True, default=None,
+                          help="the scans show two different people, or a patient and a template (e.g. MNI): keep "
+                               "the affine and let the deformable stage reach far (default: detected from the "
+                               "affine's scaling)")
+    subjects.add_argument("--same-subject", dest="inter_subject", action="store_const", const=False,
+                          help="the scans show one patient, however different their sizes look")
     parser.add_argument("--also", action="append", type=Path, default=[], metavar="PATH",
                         help="another image in the moving image's space (a scan of the same session, a label map, a "
                              "segmentation) to carry onto the fixed grid, written beside the registered volume as "
@@ -273,7 +280,7 @@ def register_and_write(args, run: Optional["_Run"] = None, report_extra: Optiona
         fixed.image, moving.image,
         fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
         stages=args.stages, preset_table=table, progress=progress,
-        fixed_hints=fixed.hints, moving_hints=moving.hints,
+        fixed_hints=fixed.hints, moving_hints=moving.hints, inter_subject=args.inter_subject,
     )
     written = dict(outputs)
     report = result.report()
@@ -380,6 +387,8 @@ def summary(result, outputs: dict) -> str:
                      f"{stage.verdict}"
                      + (f"  ({stage.message})" if stage.message else ""))
     lines.append(f"verdict: {result.verdict}")
+    if not result.subjects.reason.startswith("assumed"):  # detected by the affine stage, or as asked
+        lines.append(f"subjects: {result.subjects.case} ({result.subjects.reason})")
     lines += [f"note: {note}" for note in getattr(result, "notes", [])]  # 2D results: colour, slices, PNG values
     lines.append(f"total {result.seconds:.1f} s")
     lines += [f"{name}: {path}" for name, path in outputs.items()]
