@@ -451,23 +451,10 @@ class _PyramidLevel:
         iteration (counted from 1).
         """
         method = self._method(settings, iterations)
-        method.SetInitialTransform(initial, inPlace=False)
-        best = [np.inf, tuple(initial.GetParameters())]
-        stepped_from = [best[1]]
-
-        def after_iteration():
-            value = method.GetMetricValue()
-            if value < best[0]:
-                best[:] = [value, stepped_from[0]]
-            stepped_from[0] = tuple(method.GetOptimizerPosition())
-            on_iteration(method.GetOptimizerIteration() + 1)
-
-        _execute(method, self.fixed, self.moving, after_iteration)
-        logger.debug("level shrink %d: best metric %.5f, %s", self.shrink, best[0],
+        value, result = best_visited_fit(method, self.fixed, self.moving, initial, on_iteration)
+        logger.debug("level shrink %d: best metric %.5f, %s", self.shrink, value,
                      method.GetOptimizerStopConditionDescription())
-        result = type(initial)(initial)
-        result.SetParameters(best[1])
-        return best[0], result
+        return value, result
 
     def _method(self, settings: LinearSettings, iterations: int) -> sitk.ImageRegistrationMethod:
         """A SimpleITK registration on this level's images: metric, sampling, optimizer."""
@@ -492,6 +479,26 @@ class _PyramidLevel:
             relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
         method.SetOptimizerScalesFromPhysicalShift()
         return method
+
+
+def best_visited_fit(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
+                     initial: sitk.Transform, on_iteration: Callable[[int], None]):
+    """Run `method` from `initial`; (metric value, transform) of the best pose it visited, the start included."""
+    method.SetInitialTransform(initial, inPlace=False)
+    best = [np.inf, tuple(initial.GetParameters())]
+    stepped_from = [best[1]]
+
+    def after_iteration():
+        value = method.GetMetricValue()
+        if value < best[0]:
+            best[:] = [value, stepped_from[0]]
+        stepped_from[0] = tuple(method.GetOptimizerPosition())
+        on_iteration(method.GetOptimizerIteration() + 1)
+
+    _execute(method, fixed, moving, after_iteration)
+    result = type(initial)(initial)
+    result.SetParameters(best[1])
+    return best[0], result
 
 
 def _smoothed_and_shrunk(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:

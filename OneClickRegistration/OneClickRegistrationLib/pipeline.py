@@ -365,7 +365,7 @@ def _deformation(fixed, moving, current, preset, progress, subjects, table, cros
 
 
 @contextlib.contextmanager
-def _overlap_loss_as_input_error(stage: str):
+def _overlap_loss_as_input_error(stage: str, fix: str = "give two whole-head volumes that overlap, or larger masks"):
     """ITK's "samples map outside moving image buffer" as a one-line InvalidInputError.
 
     The metric raises it when a pose leaves no sample of the fixed image inside
@@ -380,8 +380,7 @@ def _overlap_loss_as_input_error(stage: str):
             raise
         raise InvalidInputError(
             f"the {stage} stage lost the overlap of the two images (no metric sample of the fixed image falls "
-            "inside the moving image): the volumes are too small or overlap too little; give two whole-head "
-            "volumes that overlap, or larger masks") from None
+            f"inside the moving image): the images are too small or overlap too little; {fix}") from None
 
 
 def _identical_images_result(fixed, moving, identity, fixed_guess, moving_guess, preset,

@@ -25,7 +25,6 @@ Inputs are never modified.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from . import applying, deformable, evidence, imageio, score
 from .errors import InvalidInputError
 from .modality import UNKNOWN, ModalityGuess
 from .pipeline import (STAGE_NAMES, ProgressCallback, RegistrationResult, StageResult, _progress_reporter,
-                       _sub_progress, _validated_stage_names)
+                       _overlap_loss_as_input_error, _sub_progress, _validated_stage_names)
 from .planar_stages import LINEAR, PlanarDeformation, PlanarImage, PlanarLinear, PlanarScorer
 from .planar_stages import deformable as deformable_stage
 from .presets import Preset
@@ -173,7 +172,7 @@ def register_planar(
     for index, name in enumerate(stages):
         stage_progress = _sub_progress(report, index * stage_fraction, stage_fraction, name)
         stage_start = time.perf_counter()
-        with _overlap_loss_as_input_error(name):
+        with _overlap_loss_as_input_error(name, fix="give two images of the same object, or larger masks"):
             outcome = _run_stage(name, linear_stages, fixed_work, moving_work, current, stage_progress)
         transform, inverse = outcome.transform, outcome.inverse
         stage_progress(1.0, "weighing the evidence for the result")
@@ -326,19 +325,4 @@ def _foreground_points(region: sitk.Image, count: int = CHANGE_POINTS) -> np.nda
 
 def _change_pixels(before: sitk.Transform, after: sitk.Transform, points: np.ndarray, pixel: float) -> float:
     """95th percentile over `points` of how far `after` maps a point from where `before` does, in pixels."""
-    moved = [np.asarray([transform.TransformPoint(tuple(point)) for point in points]) for transform in (before, after)]
-    return float(np.percentile(np.linalg.norm(moved[1] - moved[0], axis=1), 95)) / pixel
-
-
-@contextlib.contextmanager
-def _overlap_loss_as_input_error(stage: str):
-    """ITK's "samples map outside moving image buffer" as a one-line InvalidInputError (see pipeline.py)."""
-    try:
-        yield
-    except RuntimeError as error:
-        if "map outside moving image buffer" not in str(error):
-            raise
-        raise InvalidInputError(
-            f"the {stage} stage lost the overlap of the two images (no metric sample of the fixed image falls "
-            "inside the moving image): the images overlap too little or are too small; give two images of the "
-            "same object, or larger masks") from None
+    return evidence.change_mm(before, after, points) / pixel

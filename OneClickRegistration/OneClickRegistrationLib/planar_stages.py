@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from . import imageio, score
 from .errors import InvalidInputError
-from .linear import LinearSettings, _execute, _Progress, fit_image
+from .linear import LinearSettings, _Progress, best_visited_fit, fit_image
 
 logger = logging.getLogger(__name__)
 
@@ -243,22 +243,7 @@ class _PlanarLevel:
 
     def fit(self, initial: sitk.Transform, iterations: int, on_iteration: Callable[[int], None]):
         """(metric value, transform) of the best pose the optimizer visited from `initial` (as linear.py's fits)."""
-        method = self._method(iterations)
-        method.SetInitialTransform(initial, inPlace=False)
-        best = [math.inf, tuple(initial.GetParameters())]
-        stepped_from = [best[1]]
-
-        def after_iteration():
-            value = method.GetMetricValue()
-            if value < best[0]:
-                best[:] = [value, stepped_from[0]]
-            stepped_from[0] = tuple(method.GetOptimizerPosition())
-            on_iteration(method.GetOptimizerIteration() + 1)
-
-        _execute(method, self.fixed, self.moving, after_iteration)
-        result = type(initial)(initial)
-        result.SetParameters(best[1])
-        return best[0], result
+        return best_visited_fit(self._method(iterations), self.fixed, self.moving, initial, on_iteration)
 
     def _method(self, iterations: int) -> sitk.ImageRegistrationMethod:
         """Mattes MI in the fixed region, regular sampling, step gradient descent scaled to this level's pixel."""
