@@ -46,10 +46,12 @@ MIN_DEFORMATION_MM = 1.0
 NOISE_MULTIPLE = 1.645
 # Head points at which the change of the mapping is measured.
 CHANGE_POINTS = 4000
-# Two scans of one head never differ in size by this much (scanner calibration: 1-2 %); two adults' heads,
-# or a head and a population template, do: the affine between them scales by 4-16 % (six such pairs of
-# ../shared/data: 4.2-15.5 %; nine same-subject pairs, cross-modality included: 0-1.7 %).
-DIFFERENT_PEOPLE_SCALING = 0.035
+# Two scans of one head do not differ in size by this much: scanner calibration allows 1-2 %, and a
+# real change of shape (a bent neck, swelling, the benchmark's 7 mm deformations) or a low-resolution
+# scan pair reaches 3.7-5.4 % of affine "scaling" (same-subject pairs of ../shared/data and the bench:
+# 0-1.7 %, up to 5.4 %).  A head against a population template (MNI) differs by 11-16 %, two adults by
+# 4-14 %: beyond this the pair is taken for two people; two similar-sized heads need --inter-subject.
+DIFFERENT_PEOPLE_SCALING = 0.06
 SAME_PATIENT = "same patient"
 DIFFERENT_PEOPLE = "different people"
 
