@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 import types
+import weakref
 from pathlib import Path
 
 STANDIN_DIR = Path(__file__).resolve().parent
@@ -204,6 +206,8 @@ class Application:
         self.processEventsHooks: list = []
         self.overrideCursorDepth = 0
         self.temporaryPath = tempfile.mkdtemp(prefix="SlicerStandin-")
+        # Slicer empties its temporary folder on exit; a stand-in per test must not leave hundreds behind.
+        weakref.finalize(self, shutil.rmtree, self.temporaryPath, True)
         self._ioManager = CoreIOManager()
         self._moduleManager = ModuleManager()
         self._mainWindow = MainWindow(self._moduleManager)
