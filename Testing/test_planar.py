@@ -315,6 +315,24 @@ def test_a_disk_is_warped_into_a_c_without_folding():
     assert _jacobian_on_grid(result.transform, fixed).min() > 0
 
 
+def test_dipys_binary_circle_becomes_the_c_with_no_settings():
+    """dipy's classic pair as dipy ships it: two-valued float images (silhouettes), the circle moving."""
+    disk, c_shape = _disk_and_c()
+    fixed = sitk.GetImageFromArray(c_shape.astype(np.float32))
+    moving = sitk.GetImageFromArray(disk.astype(np.float32))
+
+    result = register(fixed, moving)
+
+    warped = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0)) > 0.5
+    dice = 2.0 * np.count_nonzero(warped & c_shape) / (np.count_nonzero(warped) + np.count_nonzero(c_shape))
+    assert dice >= 0.97, f"Dice {dice:.3f}"
+    assert _jacobian_on_grid(result.transform, fixed).min() > 0
+    shapes = np.argwhere(disk | c_shape)[::7][:, ::-1].astype(float)
+    round_trip = [np.linalg.norm(np.subtract(result.inverse_transform.TransformPoint(
+        result.transform.TransformPoint(tuple(point))), point)) for point in shapes]
+    assert max(round_trip) <= 0.5, f"inverse o forward off by up to {max(round_trip):.2f} px"
+
+
 def test_a_smooth_deformation_of_a_slice_is_recovered():
     fixed = _bundled_slice()
     rows, columns = np.mgrid[0:fixed.GetHeight(), 0:fixed.GetWidth()].astype(np.float64)

@@ -276,7 +276,8 @@ def validate_image(image: sitk.Image, role: str) -> None:
         what = "empty (all zero)" if low == 0 else f"constant (every voxel is {low:g})"
         raise InvalidInputError(f"{role} is {what}; it holds no anatomy to register: check that the right volume was loaded")
     labels = label_map_values(values)
-    if labels is not None:
+    # In 2D a two-valued image is a silhouette (a binary shape, as in dipy's circle to C), a fair input.
+    if labels is not None and not (image.GetDimension() == 2 and labels == 2):
         raise InvalidInputError(
             f"{role} looks like a label map or segmentation ({labels} distinct integer values), not a scan; "
             "register the scan it was drawn on, then apply the transform to the label map with "
@@ -424,9 +425,10 @@ def robust_range(image: sitk.Image, low_percentile: float = 0.5, high_percentile
     step = max(1, values.size // 2_000_000)
     sample = values[::step]
     padding = padding_value(sample)
-    if padding is not None:
-        sample = sample[sample != padding]
-    return tuple(float(v) for v in np.percentile(sample, [low_percentile, high_percentile]))
+    if padding is not None and np.ptp(sample[sample != padding]) > 0:
+        sample = sample[sample != padding]  # (a two-valued image, a silhouette, has a background, not padding)
+    low, high = (float(v) for v in np.percentile(sample, [low_percentile, high_percentile]))
+    return (low, high) if high > low else (float(sample.min()), float(sample.max()))
 
 
 def padding_value(values: np.ndarray) -> Optional[float]:

@@ -216,8 +216,10 @@ class PlanarLinear:
             sigma = dict(zip(LINEAR.shrink_factors, LINEAR.smoothing_sigmas_mm))[factor] * self.fixed.pixel
             size = factor * self.fixed.pixel
             fixed, moving = (_smoothed_to(image, size, sigma) for image in self._fit_images)
-            self._levels[factor] = _PlanarLevel(fixed, moving, mask_on_grid(self.fixed.region_mask(), fixed),
-                                                precise=factor == 1)
+            # The region grown by two of this level's pixels, so the metric sees the object's outline:
+            # inside a silhouette (a binary shape) the intensities are constant and tell nothing.
+            region = sitk.BinaryDilate(self.fixed.region_mask(), [2 * factor] * 2)
+            self._levels[factor] = _PlanarLevel(fixed, moving, mask_on_grid(region, fixed), precise=factor == 1)
         return self._levels[factor]
 
 
