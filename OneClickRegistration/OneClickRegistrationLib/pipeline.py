@@ -175,7 +175,9 @@ def register(
 ) -> RegistrationResult:
     """Align `moving` to `fixed` with no choices asked of the user.
 
-    fixed, moving: SimpleITK 3D scalar images of any pixel type and orientation.
+    fixed, moving: SimpleITK 3D scalar images of any pixel type and orientation; two 2D images
+        (photographs, slices, silhouettes) go to planar.register_planar, which runs the same stages in
+        2D (modality, preset, hints and inter_subject do not apply there).
     fixed_modality, moving_modality: 'T1', 'T2', 'FLAIR' or 'CT' to skip recognition.
     preset: a row of the preset table to use instead of the one for the pair,
         as a Preset or by its name ('T1-CT', case-insensitive; 'CT-T1' works too).
