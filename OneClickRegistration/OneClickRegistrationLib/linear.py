@@ -147,11 +147,12 @@ def metric_image(image: sitk.Image, mask: sitk.Image, levels: int = 256) -> sitk
     return result
 
 
-def initial_rigid(fixed_mask: sitk.Image, moving_mask: sitk.Image) -> sitk.Euler3DTransform:
-    """Rotation-free start that maps the fixed head's centre of mass onto the moving head's."""
+def initial_rigid(fixed_mask: sitk.Image, moving_mask: sitk.Image):
+    """Rotation-free start that maps the fixed head's centre of mass onto the moving head's
+    (an Euler3DTransform, or an Euler2DTransform for 2D masks: planar_stages.py)."""
     fixed_center = imageio.mask_center(fixed_mask)
     moving_center = imageio.mask_center(moving_mask)
-    transform = sitk.Euler3DTransform()
+    transform = sitk.Euler2DTransform() if fixed_mask.GetDimension() == 2 else sitk.Euler3DTransform()
     transform.SetCenter(fixed_center.tolist())
     transform.SetTranslation((moving_center - fixed_center).tolist())
     return transform

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from . import imageio, score
 from .errors import InvalidInputError
-from .linear import LinearSettings, _Progress, best_visited_fit, fit_image
+from .linear import LinearSettings, _Progress, best_visited_fit, fit_image, initial_rigid
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class PlanarLinear:
         """Rigid fixed->moving transform from scratch: centres, full-circle rotation search, coarse-to-fine fit."""
         report = _Progress(progress)
         report.milestone(0.0, "searching rotations over the full circle")
-        start = _centres_aligned(self.fixed.region_mask(), self.moving.region_mask())
+        start = initial_rigid(self.fixed.region_mask(), self.moving.region_mask())
         best = self._search_rotations(start, report)
         fitted = self._fit(best, LINEAR.rigid_iterations, report, 0.4, 0.6)
         return sitk.Euler2DTransform(fitted)
@@ -270,16 +270,6 @@ def _smoothed_to(image: sitk.Image, pixel: float, sigma: float) -> sitk.Image:
     box_variance = max((f * f - 1) * s * s / 12.0 for f, s in zip(factors, image.GetSpacing()))
     rest = math.sqrt(max(0.0, sigma ** 2 - box_variance))
     return sitk.SmoothingRecursiveGaussian(shrunk, rest) if rest > 0 else shrunk
-
-
-def _centres_aligned(fixed_region: sitk.Image, moving_region: sitk.Image) -> sitk.Euler2DTransform:
-    """Rotation-free start mapping the fixed foreground's centre of mass onto the moving one's."""
-    fixed_center = imageio.mask_center(fixed_region)
-    moving_center = imageio.mask_center(moving_region)
-    transform = sitk.Euler2DTransform()
-    transform.SetCenter(fixed_center.tolist())
-    transform.SetTranslation((moving_center - fixed_center).tolist())
-    return transform
 
 
 def _rotated(start: sitk.Euler2DTransform, angle: float) -> sitk.Euler2DTransform:
