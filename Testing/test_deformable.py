@@ -124,6 +124,40 @@ def test_same_image_under_a_rigid_gives_no_deformation():
     assert outcome.min_jacobian == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_deformation_too_small_to_count_ends_before_the_finest_level(pipeline_runs):
+    """go_on is asked once, before the finest level, with the deformation found so far; False ends there."""
+    case, _ = pipeline_runs[0](6.0)
+    asked = []
+
+    def go_on(change_mm):
+        asked.append(change_mm)
+        return False
+
+    settings = DeformableSettings(metric="mind", grid_spacings_mm=(8.0, 4.0, 2.0), iterations=(20, 20, 10))
+    outcome = register_deformable(case.fixed, case.moving, case.rigid, settings, fixed_mask=case.head, go_on=go_on)
+    assert len(asked) == 1 and asked[0] > 1.0, "the 6 mm deformation shows at the coarse levels"
+    assert len(outcome.iterations_run) == 2
+    assert outcome.forward.GetDisplacementField().GetSpacing() == (4.0, 4.0, 4.0)
+    assert outcome.min_jacobian > 0.0
+
+
+def test_pipeline_skips_the_finest_level_when_nothing_can_count(monkeypatch):
+    """On one image against a rigidly moved copy the pipeline's deformable stage stops at its coarse levels."""
+    from OneClickRegistrationLib import pipeline
+
+    fixed = bench.read_float(f"{STROKE}/T1.nii.gz", 2) if (bench.SHARED_DATA / STROKE).is_dir() \
+        else pytest.skip("needs the stroke pair")
+    rigid = bench.known_rigid(fixed, bench.CaseSpec("same", "", "", "T1", "T1", 0.0, seed=3))
+    runs = []
+    original = pipeline.deformable.register_deformable
+    monkeypatch.setattr(pipeline.deformable, "register_deformable",
+                        lambda *args, **kwargs: runs.append(original(*args, **kwargs)) or runs[-1])
+    result = pipeline.register(fixed, evaluation.move_header(fixed, rigid), fixed_modality="T1",
+                               moving_modality="T1")
+    assert len(runs) == 1 and len(runs[0].iterations_run) < 3
+    assert not result.stage("deformable").accepted
+
+
 def test_no_level_is_finer_than_the_fixed_image():
     blob = sitk.GaussianSource(sitk.sitkFloat32, [24, 24, 24], [4.0] * 3, [12.0] * 3, 100.0, [1.0] * 3, [4.0] * 3)
     outcome = register_deformable(blob, blob, sitk.Euler3DTransform(),

@@ -191,13 +191,18 @@ def register_deformable(
     *,
     fixed_mask: Optional[sitk.Image] = None,
     progress: Optional[ProgressCallback] = None,
+    go_on: Optional[Callable[[float], bool]] = None,
 ) -> DeformableOutcome:
     """Find the smooth diffeomorphic correction u with moving(A(x + u(x))) ~ fixed(x).
 
     fixed, moving: float32 3D images in their own geometry; initial_transform: A,
     fixed -> moving (ITK convention).  fixed_mask: head mask on the fixed grid,
     where the images drive the deformation.  progress(fraction, message) may
-    raise RegistrationCancelled, which propagates.  Inputs are not modified.
+    raise RegistrationCancelled, which propagates.  go_on(change_mm) is asked
+    before the finest level with the 95th percentile of |u| in the mask so far;
+    False ends the stage there (the finest level costs most of the stage and
+    refines detail, it does not create a deformation the coarser ones missed).
+    Inputs are not modified.
     """
     start = time.perf_counter()
     report = progress or (lambda fraction, message: None)
@@ -223,6 +228,13 @@ def register_deformable(
     done = 0
     iterations_run = []
     for level, (grid, iterations) in enumerate(zip(grids, budgets)):
+        if level == len(grids) - 1 and level > 0 and go_on is not None:
+            change = _change_in_mask_mm(velocity, mask_level, previous_grid)
+            if not go_on(change):
+                logger.info("deformable stage ended at %.3g mm: %.2f mm of deformation cannot become one that "
+                            "counts", previous_grid.spacing, change)
+                finest = previous_grid
+                break
         report(0.95 * done / total_iterations, f"level {level + 1}/{len(grids)} ({grid.spacing:g} mm), preparing")
         ratio = grid.spacing / finest.spacing
         mask_level = _downsample_mask(mask_work, grid, ratio)
@@ -300,6 +312,12 @@ def _optimise_level(velocity, fixed_features, moving_features, mask, grid, itera
         update = terms[:3] / (terms[3] + np.float32(damping))
         velocity = _smooth(velocity + update, diffusion)
     return velocity, len(energies), energies[-1]
+
+
+def _change_in_mask_mm(velocity: np.ndarray, mask: np.ndarray, grid: _Grid) -> float:
+    """95th percentile over the mask's voxels of the displacement exp(velocity) - id, in mm."""
+    magnitude = np.sqrt((_exponential(velocity) ** 2).sum(axis=0))[mask > 0]
+    return float(np.percentile(magnitude, 95) * grid.spacing) if magnitude.size else 0.0
 
 
 def _converged(energies: list) -> bool:

@@ -151,6 +151,15 @@ def deformation_threshold_mm(*images: sitk.Image) -> float:
     return max([MIN_DEFORMATION_MM] + voxel_sides)
 
 
+def deformation_worth_refining(change_mm: float, threshold_mm: float) -> bool:
+    """Whether the deformable stage's finest level can make the coarser levels' deformation count.
+
+    The finest level refines detail within a few tenths of a millimetre of the
+    coarser levels' field; below half the threshold it would be dropped anyway.
+    """
+    return change_mm >= 0.5 * threshold_mm
+
+
 def deformable_decision(change: float, measure_gain: Callable[[], ScoreGain],
                         threshold_mm: float = MIN_DEFORMATION_MM, min_jacobian: Optional[float] = None) -> Decision:
     """Keep a deformation only when it folds nothing, moves part of the head by a voxel or more and

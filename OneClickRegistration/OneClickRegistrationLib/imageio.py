@@ -456,19 +456,56 @@ def head_mask(image: sitk.Image) -> sitk.Image:
     Otsu foreground, opened, largest component, closed and hole-filled, all on
     a copy of about 2 mm voxels (shape, not detail, is what the masks are for)
     clamped to robust percentiles so that padding outside a scanner's field of
-    view does not pull the threshold.
+    view does not pull the threshold.  The morphology runs on the box around
+    the foreground (see _within_foreground_box): a head in a large field of
+    view of air costs what the head costs.
     """
     low, high = robust_range(image)
     coarse = sitk.Clamp(shrink_to_spacing(image, MASK_SPACING_MM), sitk.sitkFloat32, low, high)
     foreground = sitk.OtsuThreshold(coarse, 0, 1, 128)
-    foreground = sitk.BinaryMorphologicalOpening(foreground, _radius_in_voxels(coarse, 2.0))
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(foreground), sortByObjectSize=True)
-    largest = sitk.Cast(components == 1, sitk.sitkUInt8)
-    if not np.any(sitk.GetArrayViewFromImage(largest)):
-        largest = sitk.Cast(coarse > low, sitk.sitkUInt8)
-    closed = sitk.BinaryMorphologicalClosing(largest, _radius_in_voxels(coarse, 4.0))
-    filled = sitk.BinaryFillhole(closed)
+    opening, closing = _radius_in_voxels(coarse, 2.0), _radius_in_voxels(coarse, 4.0)
+
+    def closed_and_filled(region: sitk.Image) -> sitk.Image:
+        return sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(region, closing))
+
+    def head(box: sitk.Image) -> Optional[sitk.Image]:
+        opened = sitk.BinaryMorphologicalOpening(box, opening)
+        components = sitk.RelabelComponent(sitk.ConnectedComponent(opened), sortByObjectSize=True)
+        largest = sitk.Cast(components == 1, sitk.sitkUInt8)
+        if not np.any(sitk.GetArrayViewFromImage(largest)):
+            return None
+        return _within_foreground_box(largest, closed_and_filled, margin=np.asarray(closing) + 1)
+
+    filled = _within_foreground_box(foreground, head, margin=np.maximum(opening, closing) + 1)
+    if filled is None:  # nothing survives the opening: everything above the background
+        filled = closed_and_filled(sitk.Cast(coarse > low, sitk.sitkUInt8))
     return sitk.Resample(filled, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _within_foreground_box(foreground: sitk.Image, shaped, margin) -> Optional[sitk.Image]:
+    """shaped(foreground) computed on the box around the foreground plus `margin` voxels (clipped to the grid).
+
+    foreground: a uint8 image of 0 and 1.
+
+    The same result as on the whole grid: where the box stops inside the grid a
+    ring of background wider than the structuring elements surrounds it, so
+    opening, closing and hole filling see nothing of what lies beyond; where it
+    reaches the grid's edge, the edge is the same.  None when shaped gives None.
+    """
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(foreground)
+    if not statistics.HasLabel(1):
+        return shaped(foreground)
+    box = np.asarray(statistics.GetBoundingBox(1))
+    low = np.maximum(box[:3] - margin, 0)
+    high = np.minimum(box[:3] + box[3:] + margin, foreground.GetSize())
+    index, extent = low.tolist(), (high - low).tolist()
+    inside = shaped(sitk.RegionOfInterest(foreground, extent, index))
+    if inside is None:
+        return None
+    whole = sitk.Image(foreground.GetSize(), sitk.sitkUInt8)
+    whole.CopyInformation(foreground)
+    return sitk.Paste(whole, sitk.Cast(inside, sitk.sitkUInt8), extent, [0, 0, 0], index)
 
 
 def _radius_in_voxels(image: sitk.Image, radius_mm: float):

@@ -361,8 +361,10 @@ def _deformation(fixed, moving, current, preset, progress, subjects, table, cros
     if not preset.deformable_by_default:
         logger.info("deformable stage skipped: preset %s does not run it by default", preset.name)
         return None
+    threshold_mm = evidence.deformation_threshold_mm(fixed.image, moving.image)
     return deformable.register_deformable(
         fixed.image, moving.image, current, preset.deformable, fixed_mask=fixed.region_mask(), progress=progress,
+        go_on=lambda change_mm: evidence.deformation_worth_refining(change_mm, threshold_mm),
     )
 
 
