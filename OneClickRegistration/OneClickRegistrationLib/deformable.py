@@ -199,7 +199,8 @@ def register_deformable(
     fixed -> moving (ITK convention).  fixed_mask: head mask on the fixed grid,
     where the images drive the deformation.  progress(fraction, message) may
     raise RegistrationCancelled, which propagates.  go_on(change_mm) is asked
-    before the finest level with the 95th percentile of |u| in the mask so far;
+    before the finest level with the 95th percentile of |u| so far over the mask
+    (not grown: the pipeline judges the deformation of the head, not of the air around it);
     False ends the stage there (the finest level costs most of the stage and
     refines detail, it does not create a deformation the coarser ones missed).
     Inputs are not modified.
@@ -229,7 +230,8 @@ def register_deformable(
     iterations_run = []
     for level, (grid, iterations) in enumerate(zip(grids, budgets)):
         if level == len(grids) - 1 and level > 0 and go_on is not None:
-            change = _change_in_mask_mm(velocity, mask_level, previous_grid)
+            change = _change_in_mask_mm(velocity, _mask_on_grid(fixed_mask, previous_grid, margin_voxels=0),
+                                        previous_grid)
             if not go_on(change):
                 logger.info("deformable stage ended at %.3g mm: %.2f mm of deformation cannot become one that "
                             "counts", previous_grid.spacing, change)
@@ -354,8 +356,8 @@ def _anti_alias_sigma(spacing, target_spacing: float) -> float:
     return 0.5 * math.sqrt(max(0.0, target_spacing ** 2 - finest_spacing ** 2))
 
 
-def _mask_on_grid(mask: Optional[sitk.Image], grid: _Grid) -> np.ndarray:
-    """The fixed mask on the working grid, grown by a margin; everything when no mask."""
+def _mask_on_grid(mask: Optional[sitk.Image], grid: _Grid, margin_voxels: int = _MASK_MARGIN_VOXELS) -> np.ndarray:
+    """The fixed mask on the working grid, grown by margin_voxels; everything when no mask."""
     if mask is None:
         return np.ones(grid.shape, dtype=np.uint8)
     resampled = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkUInt8), grid.reference(),
@@ -363,7 +365,9 @@ def _mask_on_grid(mask: Optional[sitk.Image], grid: _Grid) -> np.ndarray:
     array = sitk.GetArrayFromImage(resampled) > 0
     if not array.any():
         return np.ones(grid.shape, dtype=np.uint8)
-    return ndimage.binary_dilation(array, iterations=_MASK_MARGIN_VOXELS).astype(np.uint8)
+    if margin_voxels == 0:
+        return array.astype(np.uint8)
+    return ndimage.binary_dilation(array, iterations=margin_voxels).astype(np.uint8)
 
 
 def _downsample(volume: np.ndarray, grid: _Grid, ratio: float) -> np.ndarray:
