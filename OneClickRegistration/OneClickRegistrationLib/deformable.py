@@ -31,12 +31,9 @@ displacement field to compose after the affine.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
@@ -45,6 +42,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InvalidInputError
+from .parallel import run_slabs as _run_slabs
+from .smoothing import gaussian as _gaussian
+from .smoothing import gaussian_kernel as _gaussian_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ _CONVERGENCE_WINDOW = 10
 _CONVERGENCE_TOLERANCE = 1e-3
 # Damping of the step where the smoothed denominator is tiny, relative to its mean in the mask.
 _DAMPING_FRACTION = 1e-2
-# Worker threads for the kernels (they release the GIL); the process's CPUs, at most this many.
-_MAX_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -341,9 +339,7 @@ def _level_progress(report, done, total, level, levels, grid):
 def _to_grid(image: sitk.Image, transform: sitk.Transform, grid: _Grid) -> np.ndarray:
     """image(transform(x)) on the grid, smoothed first so that it does not alias."""
     sigma = _anti_alias_sigma(image.GetSpacing(), grid.spacing)
-    source = sitk.Cast(image, sitk.sitkFloat32)
-    if sigma > 0:
-        source = sitk.SmoothingRecursiveGaussian(source, sigma)
+    source = _gaussian(image, sigma) if sigma > 0 else sitk.Cast(image, sitk.sitkFloat32)
     background = float(sitk.GetArrayViewFromImage(image).min())
     resampled = sitk.Resample(source, grid.reference(), transform, sitk.sitkLinear, background,
                               sitk.sitkFloat32)
@@ -458,16 +454,6 @@ def _shifted(volume: np.ndarray, axis: int, offset: int) -> np.ndarray:
     return np.take(padded, range(start, start + volume.shape[axis]), axis=axis)
 
 
-def _gaussian_kernel(sigma_voxels: float) -> Optional[np.ndarray]:
-    """Normalised 1D Gaussian truncated at 3 sigma; None when sigma is negligible."""
-    if sigma_voxels < 0.1:
-        return None
-    radius = max(1, int(math.ceil(3.0 * sigma_voxels)))
-    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (offsets / sigma_voxels) ** 2)
-    return (kernel / kernel.sum()).astype(np.float32)
-
-
 def _upsampled_velocity(velocity: np.ndarray, coarse: _Grid, fine: _Grid) -> np.ndarray:
     """A coarse-level velocity on the next finer grid, in the finer grid's voxel units."""
     ratio = fine.spacing / coarse.spacing
@@ -526,31 +512,6 @@ def _kernels():
     """The numba kernel module, imported (compiled or loaded from the cache) on first use only."""
     from . import deformable_kernels
     return deformable_kernels
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    """One shared pool of worker threads for the GIL-free kernels."""
-    return ThreadPoolExecutor(max_workers=_thread_count(), thread_name_prefix="deformable")
-
-
-def _thread_count() -> int:
-    """The CPUs this process may use, capped at _MAX_THREADS."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(available or 1, _MAX_THREADS))
-
-
-def _run_slabs(kernel, planes: int, *arguments) -> None:
-    """kernel(*arguments, start, stop) over the planes [0, planes), one slab per worker thread."""
-    slabs = min(_thread_count(), planes)
-    bounds = np.linspace(0, planes, slabs + 1).astype(np.int64)
-    if slabs <= 1:
-        kernel(*arguments, 0, planes)
-        return
-    futures = [_pool().submit(kernel, *arguments, int(start), int(stop))
-               for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
-    for future in futures:
-        future.result()
 
 
 def _warp(volume: np.ndarray, displacement: np.ndarray) -> np.ndarray:

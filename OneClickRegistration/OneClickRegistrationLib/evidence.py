@@ -99,9 +99,10 @@ def subjects_from_affine(affine: sitk.Transform) -> Subjects:
 
 def head_points(region: sitk.Image, count: int = CHANGE_POINTS) -> np.ndarray:
     """Up to `count` physical points spread evenly over a binary region (rows x, y, z)."""
-    zyx = np.argwhere(sitk.GetArrayViewFromImage(region) > 0)
-    step = max(1, len(zyx) // count)
-    index = zyx[::step][:, ::-1].astype(np.float64)
+    inside = sitk.GetArrayViewFromImage(region)
+    flat = np.flatnonzero(inside)  # C order, as argwhere; a flat index is a third of its memory and time
+    step = max(1, len(flat) // count)
+    index = np.column_stack(np.unravel_index(flat[::step], inside.shape)[::-1]).astype(np.float64)
     to_physical = np.asarray(region.GetDirection()).reshape(3, 3) * np.asarray(region.GetSpacing())
     return index @ to_physical.T + np.asarray(region.GetOrigin())
 

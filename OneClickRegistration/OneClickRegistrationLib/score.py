@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from . import smoothing
 from .imageio import robust_range, shrink_to_spacing
 
 # A later stage counts as "not worse" when it loses less than this.
@@ -54,6 +55,8 @@ CHECK_SCORE = 0.3
 BLOCK_MM = 12.0
 BOOTSTRAP_DRAWS = 200
 BOOTSTRAP_SEED = 20241206
+# How many linear transforms' samplings a scorer keeps (see AlignmentScorer._sampled).
+RECENT_SAMPLINGS = 2
 
 
 @dataclass(frozen=True)
@@ -151,8 +154,8 @@ class AlignmentScorer:
         self._grid_points = None if self._domain is None else _voxel_centres(self.grid)
         sigma = max(self.grid.GetSpacing()) / 2.0
         self._spacing_zyx = tuple(reversed(self.grid.GetSpacing()))
-        fixed_smooth = sitk.SmoothingRecursiveGaussian(_as_float32(fixed), sigma)
-        self._moving_smooth = sitk.SmoothingRecursiveGaussian(_as_float32(moving), sigma)
+        fixed_smooth = smoothing.gaussian(fixed, sigma)
+        self._moving_smooth = smoothing.gaussian(moving, sigma)
         self._fixed = self._on_grid(fixed_smooth, sitk.Transform(3, sitk.sitkIdentity))
         self._fixed_region = self._mask_on_grid(fixed_head, sitk.Transform(3, sitk.sitkIdentity))
         self._fixed_user = (self._mask_on_grid(fixed_mask, sitk.Transform(3, sitk.sitkIdentity))
@@ -168,6 +171,7 @@ class AlignmentScorer:
             moving_head_coarse)
         self._n_fixed = normalized_gradient(self._fixed, self._spacing_zyx, self._fixed_eps)
         self._cube_index = _cube_index(self._fixed.shape, self.grid.GetSpacing())
+        self._recent = {}  # see _sampled
         kind = "structure NCC (normalised-gradient tensors)" if cross_modality else "intensity NCC"
         self.description = (
             f"{kind} over the overlap of the two image domains within the head masks, "
@@ -208,7 +212,24 @@ class AlignmentScorer:
         return ScoreGain(float(scores[1] - scores[0]), float(np.std(drawn[1] - drawn[0])))
 
     def _sampled(self, transform: sitk.Transform):
-        """(moving values, region, gradient region, moving normalised gradient) on the grid; None if no overlap."""
+        """(moving values, region, gradient region, moving normalised gradient) on the grid; None if no overlap.
+
+        The last RECENT_SAMPLINGS linear transforms' samplings are kept: a stage's
+        result is scored, then its gain over the previous result is weighed, and that
+        previous result was scored by the stage before; a transform is recognised by
+        its type and parameters (never by identity: transforms are mutable).
+        """
+        if not _is_matrix_offset(transform):
+            return self._sample(transform)
+        key = (transform.GetName(), tuple(transform.GetParameters()), tuple(transform.GetFixedParameters()))
+        if key not in self._recent:
+            while len(self._recent) >= RECENT_SAMPLINGS:
+                del self._recent[next(iter(self._recent))]
+            self._recent[key] = self._sample(transform)
+        return self._recent[key]
+
+    def _sample(self, transform: sitk.Transform):
+        """_sampled, computed."""
         moving = self._on_grid(self._moving_smooth, transform)
         inside = np.isfinite(moving) if self._domain is None else self._inside_domain(transform)
         region = inside & (self._fixed_region | self._mask_on_grid(self._moving_head, transform))
@@ -260,14 +281,34 @@ class AlignmentScorer:
 
     def _inside_domain(self, transform: sitk.Transform) -> np.ndarray:
         """Scoring grid voxels that `transform` maps inside the original moving image's domain."""
+        to_index, size = self._domain
+        if _is_matrix_offset(transform):
+            return self._inside_domain_linear(transform, to_index, size)
         grid = self.grid
         displacement = sitk.TransformToDisplacementField(
             transform, sitk.sitkVectorFloat64, grid.GetSize(), grid.GetOrigin(), grid.GetSpacing(),
             grid.GetDirection())
-        to_index, size = self._domain
         points = self._grid_points + sitk.GetArrayViewFromImage(displacement)
-        index = np.einsum("ij,zyxj->zyxi", to_index[0], points) + to_index[1]
+        index = points @ to_index[0].T + to_index[1]
         return np.all((index >= -0.5) & (index <= size - 0.5), axis=-1)
+
+    def _inside_domain_linear(self, transform: sitk.Transform, to_index, size) -> np.ndarray:
+        """_inside_domain for a linear transform: the moving index is an affine function of the grid index,
+        so each axis's test is a sum of three broadcast lines (no per-voxel point array)."""
+        grid = self.grid
+        start = np.asarray(transform.TransformPoint(grid.TransformIndexToPhysicalPoint((0, 0, 0))))
+        steps = [np.asarray(transform.TransformPoint(grid.TransformIndexToPhysicalPoint(tuple(
+            int(axis == column) for axis in range(3))))) - start for column in range(3)]
+        origin_index = to_index[0] @ start + to_index[1]
+        step_index = np.stack([to_index[0] @ step for step in steps], axis=1)  # moving axis x grid axis
+        lines = [np.arange(n, dtype=np.float64) for n in grid.GetSize()]  # x, y, z
+        inside = np.ones(tuple(reversed(grid.GetSize())), dtype=bool)
+        for axis in range(3):
+            value = (origin_index[axis] + (step_index[axis, 2] * lines[2])[:, None, None]
+                     + (step_index[axis, 1] * lines[1])[None, :, None]
+                     + (step_index[axis, 0] * lines[0])[None, None, :])
+            inside &= (value >= -0.5) & (value <= size[axis] - 0.5)
+        return inside
 
     def _on_grid(self, image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         """Image values at the scoring grid points; NaN where the point is outside the image."""
@@ -277,6 +318,11 @@ class AlignmentScorer:
     def _mask_on_grid(self, mask: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         resampled = sitk.Resample(mask, self.grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         return sitk.GetArrayViewFromImage(resampled).astype(bool)
+
+
+def _is_matrix_offset(transform: sitk.Transform) -> bool:
+    """Whether `transform` is linear (rigid, affine...): a composite or a deformation is not."""
+    return hasattr(transform, "GetMatrix") and not isinstance(transform, sitk.CompositeTransform)
 
 
 def _cube_index(shape_zyx, spacing_xyz) -> np.ndarray:
@@ -303,11 +349,6 @@ def _physical_to_index(image: sitk.Image):
     """(matrix, offset) mapping a physical point p to the continuous index matrix @ p + offset, in (x, y, z)."""
     matrix = np.linalg.inv(np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing()))
     return matrix, -matrix @ np.asarray(image.GetOrigin())
-
-
-def _as_float32(image: sitk.Image) -> sitk.Image:
-    """`image` itself when it is float32 already (no copy), else a float32 copy."""
-    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _interior(inside: np.ndarray) -> np.ndarray:
