@@ -67,6 +67,21 @@ class ScoreGain:
     noise: float
 
 
+@dataclass
+class _Sampling:
+    """The moving image on the scoring grid for one transform, and where it is scored.
+
+    region: where the correlations are taken; gradient_region: the region less
+    the voxels next to the moving domain's edge; normalized_gradient: the moving
+    image's, filled in when a structure NCC first needs it.
+    """
+
+    moving: np.ndarray
+    region: np.ndarray
+    gradient_region: np.ndarray
+    normalized_gradient: Optional[np.ndarray] = None
+
+
 @dataclass(frozen=True)
 class ScoreDetail:
     """Both correlations and the size of the region they were computed on."""
@@ -169,7 +184,7 @@ class AlignmentScorer:
         self._moving_eps = _mean_gradient_magnitude(
             sitk.GetArrayViewFromImage(moving_coarse), tuple(reversed(moving_coarse.GetSpacing())),
             moving_head_coarse)
-        self._n_fixed = normalized_gradient(self._fixed, self._spacing_zyx, self._fixed_eps)
+        self._n_fixed = None  # see _fixed_gradient
         self._cube_index = _cube_index(self._fixed.shape, self.grid.GetSpacing())
         self._recent = {}  # see _sampled
         kind = "structure NCC (normalised-gradient tensors)" if cross_modality else "intensity NCC"
@@ -179,18 +194,23 @@ class AlignmentScorer:
         )
 
     def __call__(self, transform: sitk.Transform) -> float:
-        return self.evaluate(transform).value
+        """The score of `transform` (only the correlation the pair is scored by is computed)."""
+        sampled = self._sampled(transform)
+        if sampled is None:
+            return EMPTY_OVERLAP_SCORE
+        if self.cross_modality:
+            return structure_ncc(self._fixed_gradient(), self._moving_gradient(sampled), sampled.gradient_region)
+        return masked_ncc(self._fixed, sampled.moving, sampled.region)
 
     def evaluate(self, transform: sitk.Transform) -> ScoreDetail:
         """Both correlations for `transform` (fixed physical point -> moving physical point)."""
         sampled = self._sampled(transform)
         if sampled is None:
             return ScoreDetail(EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, EMPTY_OVERLAP_SCORE, 0)
-        moving, region, gradient_region, n_moving = sampled
-        intensity = masked_ncc(self._fixed, moving, region)
-        structure = structure_ncc(self._n_fixed, n_moving, gradient_region)
+        intensity = masked_ncc(self._fixed, sampled.moving, sampled.region)
+        structure = structure_ncc(self._fixed_gradient(), self._moving_gradient(sampled), sampled.gradient_region)
         value = structure if self.cross_modality else intensity
-        return ScoreDetail(value, intensity, structure, int(np.count_nonzero(region)))
+        return ScoreDetail(value, intensity, structure, int(np.count_nonzero(sampled.region)))
 
     def gain(self, before: sitk.Transform, after: sitk.Transform, draws: int = BOOTSTRAP_DRAWS) -> ScoreGain:
         """How much `after` scores above `before`, and how far that gain can be trusted.
@@ -212,7 +232,7 @@ class AlignmentScorer:
         return ScoreGain(float(scores[1] - scores[0]), float(np.std(drawn[1] - drawn[0])))
 
     def _sampled(self, transform: sitk.Transform):
-        """(moving values, region, gradient region, moving normalised gradient) on the grid; None if no overlap.
+        """The moving image sampled on the grid and the regions scored (a _Sampling); None if no overlap.
 
         The last RECENT_SAMPLINGS linear transforms' samplings are kept: a stage's
         result is scored, then its gain over the previous result is weighed, and that
@@ -240,8 +260,19 @@ class AlignmentScorer:
         if not np.any(region):
             return None
         moving = np.where(inside, np.nan_to_num(moving, nan=self._background), 0.0)
-        n_moving = normalized_gradient(moving, self._spacing_zyx, self._moving_eps)
-        return moving, region, region & _interior(inside), n_moving
+        return _Sampling(moving, region, region & _interior(inside))
+
+    def _fixed_gradient(self) -> np.ndarray:
+        """The fixed image's normalised gradient on the grid (computed once, when first needed)."""
+        if self._n_fixed is None:
+            self._n_fixed = normalized_gradient(self._fixed, self._spacing_zyx, self._fixed_eps)
+        return self._n_fixed
+
+    def _moving_gradient(self, sampled: "_Sampling") -> np.ndarray:
+        """The sampled moving image's normalised gradient (computed once per sampling, when first needed)."""
+        if sampled.normalized_gradient is None:
+            sampled.normalized_gradient = normalized_gradient(sampled.moving, self._spacing_zyx, self._moving_eps)
+        return sampled.normalized_gradient
 
     def _block_sums(self, transform: sitk.Transform) -> Optional[np.ndarray]:
         """Per-cube sums from which the score is computed, shape (cubes, terms); None if no overlap.
@@ -253,13 +284,14 @@ class AlignmentScorer:
         sampled = self._sampled(transform)
         if sampled is None:
             return None
-        moving, region, gradient_region, n_moving = sampled
+        moving, region = sampled.moving, sampled.region
         cubes = self._cube_index.ravel()
         count = int(cubes.max()) + 1
         if self.cross_modality:
-            dot = np.sum(self._n_fixed * n_moving, axis=0)
-            terms = (dot * dot, np.sum(self._n_fixed ** 2, axis=0) ** 2, np.sum(n_moving ** 2, axis=0) ** 2)
-            keep = gradient_region.ravel()
+            n_fixed, n_moving = self._fixed_gradient(), self._moving_gradient(sampled)
+            dot = np.sum(n_fixed * n_moving, axis=0)
+            terms = (dot * dot, np.sum(n_fixed ** 2, axis=0) ** 2, np.sum(n_moving ** 2, axis=0) ** 2)
+            keep = sampled.gradient_region.ravel()
         else:
             x = self._fixed - self._fixed[region].mean()
             y = moving - moving[region].mean()
