@@ -131,6 +131,34 @@ def test_padding_outside_the_moving_domain_is_not_scored():
     assert detail.overlap_voxels <= np.count_nonzero(sitk.GetArrayViewFromImage(padded_grid) != 0)
 
 
+@pytest.mark.parametrize("cross", [False, True])
+def test_the_cropped_moving_domain_is_scored_alike_through_a_linear_or_a_composite_transform(cross):
+    """The moving image is a crop of a larger scan (as the pipeline's working copies are): points outside the
+    crop but inside the scan count as background, whichever way the transform is given (a rigid transform
+    is tested analytically, a composite through its displacement field)."""
+    scan = _blob(size=48)
+    crop = sitk.RegionOfInterest(scan, [30, 30, 30], [9, 9, 9])
+    scorer = score.AlignmentScorer(scan, crop, cross_modality=cross, fixed_head=imageio.head_mask(scan),
+                                   moving_head=imageio.head_mask(crop), moving_domain=scan)
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        rigid = evaluation.rigid_transform(rng.uniform(-20, 20, 3), rng.uniform(-20, 20, 3), (47.0, 47.0, 47.0))
+        linear, composite = scorer.evaluate(rigid), scorer.evaluate(sitk.CompositeTransform([rigid]))
+        assert linear.overlap_voxels == composite.overlap_voxels > 0
+        assert linear.value == pytest.approx(composite.value, abs=1e-9)
+
+
+def test_a_transform_changed_in_place_is_scored_anew():
+    image = _blob()
+    scorer = _scorer(image, image, False)
+    transform = sitk.Euler3DTransform()
+    aligned = scorer(transform)
+    transform.SetTranslation((4.0, 0.0, 0.0))
+    moved = scorer(transform)
+    assert moved == pytest.approx(_scorer(image, image, False)(transform), abs=1e-12)
+    assert moved < aligned - 0.01
+
+
 def test_warping_cannot_rescue_a_pair_of_different_heads():
     """Two people's whole-head T1s: the deformable stage raises the score, but the verdict stays the linear one's."""
     fixed = sitk.ReadImage(str(shared_file("philips_elition_adni_mprage/ADNI_Sag3D_MPRAGE_1mm.nii.gz")))
