@@ -45,6 +45,7 @@ from .errors import InvalidInputError
 from .parallel import run_slabs as _run_slabs
 from .smoothing import gaussian as _gaussian
 from .smoothing import gaussian_kernel as _gaussian_kernel
+from .smoothing import separable as _separable
 
 logger = logging.getLogger(__name__)
 
@@ -529,16 +530,8 @@ def _compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def _smooth(volume: np.ndarray, kernel: Optional[np.ndarray]) -> np.ndarray:
-    """Separable convolution of every channel with a symmetric 1D kernel, edges clamped."""
-    if kernel is None:
-        return volume
-    kernels = _kernels()
-    along_x = np.empty_like(volume)
-    _run_slabs(kernels.smooth_axis_slab, volume.shape[1], volume, kernel, 2, along_x)
-    along_y = np.empty_like(volume)
-    _run_slabs(kernels.smooth_axis_slab, volume.shape[1], along_x, kernel, 1, along_y)
-    _run_slabs(kernels.smooth_axis_slab, volume.shape[2], along_y, kernel, 0, along_x)
-    return along_x
+    """Separable convolution of every channel with a symmetric 1D kernel along z, y and x, edges clamped."""
+    return _separable(volume, (kernel, kernel, kernel))
 
 
 def _normal_equations(fixed_features, warped, mask, inverse_step_sq):

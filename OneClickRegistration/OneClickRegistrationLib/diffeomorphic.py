@@ -59,7 +59,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import ndimage
 
-from . import deformable
+from . import deformable, smoothing
 from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -511,17 +511,8 @@ def _smoothed(volume: np.ndarray, sigma: float, spatial_axes: tuple) -> np.ndarr
 
     Returns volume itself when sigma is negligible.
     """
-    kernel = deformable._gaussian_kernel(sigma)
-    if kernel is None:
-        return volume
-    kernels = deformable._kernels()
-    source = volume
-    for axis in sorted(spatial_axes, reverse=True):
-        out = np.empty_like(volume)
-        planes = volume.shape[2] if axis == 1 else volume.shape[1]
-        deformable._run_slabs(kernels.smooth_axis_slab, planes, source, kernel, axis - 1, out)
-        source = out
-    return source
+    kernel = smoothing.gaussian_kernel(sigma)
+    return smoothing.separable(volume, tuple(kernel if axis in spatial_axes else None for axis in (1, 2, 3)))
 
 
 def _spatial_axes(volume: np.ndarray) -> tuple:
