@@ -33,6 +33,7 @@ import SimpleITK as sitk
 
 from . import evidence, imageio
 from .errors import InvalidInputError
+from .linear_precise import PreciseRigidLevel
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,12 @@ class LinearStages:
             if self._fit_images is None:
                 self._fit_images = (fit_image(self.fixed.image), fit_image(self.moving.image))
             fixed, moving = (_smoothed_and_shrunk(image, shrink, sigma_mm) for image in self._fit_images)
-            self._levels[key] = _PyramidLevel(fixed, moving, self.fixed.mask, shrink, precise)
+            if precise and self.settings.metric == "mattes_mi":
+                self._levels[key] = PreciseRigidLevel(
+                    fixed, moving, self.fixed.mask, PRECISE_METRIC_SAMPLES, self.settings.sampling_fraction,
+                    self.settings.histogram_bins, PRECISE_MIN_STEP_MM, SAMPLING_SEED)
+            else:
+                self._levels[key] = _PyramidLevel(fixed, moving, self.fixed.mask, shrink, precise)
         return self._levels[key]
 
     def _search_level(self, fixed_head: sitk.Image, moving_head: sitk.Image) -> "_PyramidLevel":
