@@ -360,9 +360,10 @@ def test_keyboard_interrupt_in_the_python_api_stays_keyboard_interrupt():
                                text=True, env=ENV)
     sent = None
     for line in process.stderr:
-        # During the optimizer's iterations, as a user would: a signal that lands while Python runs an
-        # object's finaliser is reported as "Exception ignored" and lost, whatever the library does.
-        if line.startswith("rigid: refining") and "iteration" in line:
+        # During an optimizer's iterations (SimpleITK's, in the rotation search, or the finest level's), as a
+        # user would: a signal that lands while Python runs an object's finaliser is reported as
+        # "Exception ignored" and lost, whatever the library does.
+        if line.startswith("rigid:") and "iteration" in line:
             sent = time.monotonic()
             process.send_signal(signal.SIGINT)
             break
