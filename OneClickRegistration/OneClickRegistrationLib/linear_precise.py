@@ -37,16 +37,17 @@ import numpy as np
 import scipy.ndimage
 import SimpleITK as sitk
 
+from . import imageio
 from .parallel import run_slabs
 
 logger = logging.getLogger(__name__)
 
 # Bins left empty at each end of the histogram, so the Parzen window never falls off it (as ITK).
 PADDING_BINS = 2
-# The step shrinks by this factor when the gradient turns back.
+# The first step (mm), as the coarser levels' at full resolution; it shrinks by RELAXATION whenever
+# the gradient turns back, and the fit ends when it falls below the level's minimum step.
+FIRST_STEP_MM = 0.5
 RELAXATION = 0.6
-# Points mapped at once by one worker thread.
-SLAB_POINTS = 16_384
 
 
 class PreciseRigidLevel:
@@ -60,10 +61,10 @@ class PreciseRigidLevel:
 
     def __init__(self, fixed: sitk.Image, moving: sitk.Image, fixed_mask, max_samples: int, fraction: float,
                  bins: int, min_step_mm: float, seed: int):
-        self.shrink = 1
         self.bins = bins
         self.min_step_mm = min_step_mm
-        self.points, fixed_values = _fixed_samples(fixed, fixed_mask, max_samples, fraction, seed)
+        mask = imageio.on_grid_of(fixed_mask, fixed) if fixed_mask is not None else None
+        self.points, fixed_values = _fixed_samples(fixed, mask, max_samples, fraction, seed)
         self.fixed_bins = _fixed_bins(fixed_values, fixed, bins)
         self.coefficients = scipy.ndimage.spline_filter(
             sitk.GetArrayViewFromImage(moving), order=2, mode="mirror", output=np.float32)
@@ -77,19 +78,20 @@ class PreciseRigidLevel:
         """Optimise the rigid pose from `initial`; (metric value, Euler3DTransform) of the best pose visited.
 
         The metric is minus the normalised mutual information (lower is better);
-        `settings` is unused (the level was built from them), kept so every level fits alike.  on_iteration(iteration) is called
-        after every iteration (counted from 1); an exception it raises ends the fit.
+        `settings` is unused (the level was built from them), kept so every level fits alike.
+        on_iteration(iteration) is called after every iteration (counted from 1); an exception
+        it raises ends the fit.
         """
         rotation, translation, center = _rigid_parts(initial)
         radius = float(np.sqrt(np.mean(np.sum((self.points - center) ** 2, axis=1))))
-        step = max(0.25, 0.5 * self.shrink)
+        step = FIRST_STEP_MM
         best = (np.inf, rotation, translation)
-        previous = None
-        for iteration in range(int(iterations)):
+        previous, iteration = None, 0
+        for iteration in range(1, int(iterations) + 1):
             value, rotation_gradient, translation_gradient = self.value_and_gradient(rotation, translation, center)
             if value < best[0]:
                 best = (value, rotation, translation)
-            on_iteration(iteration + 1)
+            on_iteration(iteration)
             gradient = np.concatenate([rotation_gradient / radius, translation_gradient])
             norm = float(np.linalg.norm(gradient))
             if norm < 1e-12:
@@ -103,7 +105,7 @@ class PreciseRigidLevel:
             translation = translation + move[3:]
             previous = gradient
         logger.debug("precise rigid level: best metric %.5f after %d iterations, last step %.4f mm",
-                     best[0], iteration + 1, step)
+                     best[0], iteration, step)
         return best[0], _euler(best[1], best[2], center)
 
     def value_and_gradient(self, rotation: np.ndarray, translation: np.ndarray, center: np.ndarray):
