@@ -9,8 +9,11 @@ scipy once per level and the samples are interpolated on the worker threads
 - samples: a regular stride through the fixed level's voxels (or its mask),
   each moved by a seeded random fraction of a voxel so that the samples do not
   sit on the grid (a grid-locked sample set swung the held-out stroke cases'
-  median errors between 0.11 and 0.33 mm), the fixed intensity linearly
-  interpolated there (as ITK's regular sampling does);
+  median errors between 0.11 and 0.33 mm), the fixed intensity interpolated
+  there with the same quadratic B-spline as the moving image's (ITK interpolates
+  the fixed image linearly, which blurs each sample by an amount that depends on
+  its offset; the B-spline lowered the held-out bench cases' median errors by
+  0.01-0.03 mm on most pairs);
 - the joint histogram of Mattes et al.: fixed intensities binned, moving ones
   spread by a cubic B-spline Parzen window, two empty bins at each end;
 - the similarity is Studholme's normalised mutual information of that
@@ -66,8 +69,7 @@ class PreciseRigidLevel:
         mask = imageio.on_grid_of(fixed_mask, fixed) if fixed_mask is not None else None
         self.points, fixed_values = _fixed_samples(fixed, mask, max_samples, fraction, seed)
         self.fixed_bins = _fixed_bins(fixed_values, fixed, bins)
-        self.coefficients = scipy.ndimage.spline_filter(
-            sitk.GetArrayViewFromImage(moving), order=2, mode="mirror", output=np.float32)
+        self.coefficients = quadratic_bspline_coefficients(moving)
         self._to_index = np.linalg.inv(np.asarray(moving.GetDirection()).reshape(3, 3) * np.asarray(moving.GetSpacing()))
         self._moving_origin = np.asarray(moving.GetOrigin())
         low, high = _intensity_range(moving)
@@ -173,11 +175,28 @@ def _fixed_samples(fixed: sitk.Image, mask, max_samples: int, fraction: float, s
     index_zyx = np.stack(np.unravel_index(chosen, values.shape), axis=1).astype(np.float64)
     index_zyx += np.random.default_rng(seed).uniform(-0.5, 0.5, size=index_zyx.shape)
     index_zyx = np.clip(index_zyx, 0.0, np.asarray(values.shape, dtype=np.float64) - 1.0)
-    intensities = scipy.ndimage.map_coordinates(values, index_zyx.T, order=1, mode="nearest")
+    intensities = scipy.ndimage.map_coordinates(quadratic_bspline_coefficients(fixed), index_zyx.T, order=2,
+                                                mode="mirror", prefilter=False)
     index_xyz = index_zyx[:, ::-1]
     direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
     points = index_xyz * np.asarray(fixed.GetSpacing()) @ direction.T + np.asarray(fixed.GetOrigin())
     return np.ascontiguousarray(points), intensities
+
+
+def quadratic_bspline_coefficients(image: sitk.Image) -> np.ndarray:
+    """The (z, y, x) float32 coefficients of the quadratic B-spline through a 3D image's voxels
+    (mirror boundary, as ITK's and scipy's), filtered along each axis in slabs on the worker threads."""
+    coefficients = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    for axis in (2, 1, 0):
+        planes = coefficients.shape[1] if axis == 0 else coefficients.shape[0]
+        run_slabs(_filter_slab, planes, coefficients, axis)
+    return coefficients
+
+
+def _filter_slab(volume: np.ndarray, axis: int, start: int, stop: int) -> None:
+    """volume's B-spline prefilter along `axis`, in place, on planes [start, stop) of another axis."""
+    slab = volume[:, start:stop] if axis == 0 else volume[start:stop]
+    scipy.ndimage.spline_filter1d(slab, order=2, axis=axis, mode="mirror", output=slab)
 
 
 def _fixed_bins(values: np.ndarray, fixed: sitk.Image, bins: int) -> np.ndarray:
