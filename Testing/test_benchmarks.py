@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from conftest import shared_file
 
-from benchmarks import cases, classic, clinical, methods
+from benchmarks import cases, classic, clinical, methods, speed
 from benchmarks.worker import PeakSampler, evaluate_case
 
 PAIR = cases.PAIRS[2]  # MNI T1 -> T2: small (2 mm) volumes
@@ -166,6 +166,17 @@ def test_clinical_checks_memory_speed_and_accuracy():
     assert checks[f"ours chain vs Greedy rigid, {name}: ours 20.0 s, peer 1 timeout"] is True
     assert checks[f"ours chain, {name}: median TRE 0.50 mm vs best peer elastix rigid 0.45 mm (tolerance 0.1 mm)"]
     assert not checks[f"ours rigid, {name}: median TRE 0.58 mm vs best peer elastix rigid 0.45 mm (tolerance 0.1 mm)"]
+
+
+def test_speed_checks_hold_the_linear_stages_and_the_whole_call_to_their_goals():
+    """Rigid + affine within 3 s and the whole call within 12 s; compile time named, not counted; a failed run fails."""
+    result = {"status": "ok", "seconds": 11.9, "stages": {"rigid": 2.4, "affine": 0.7, "deformable": 1.4},
+              "numba_compile_seconds": 8.3}
+    checks = {text: passed for passed, text in speed.speed_checks(result)}
+    assert checks == {"full-resolution speed case: rigid + affine 3.1 s (<= 3 s)": False,
+                      "full-resolution speed case: whole register() call 11.9 s (<= 12 s), numba compile 8.3 s "
+                      "not counted": True}
+    assert speed.speed_checks({"status": "timeout"}) == [(False, "full-resolution speed case: status timeout")]
 
 
 def test_peak_sampler_names_the_step_running_at_the_peak():

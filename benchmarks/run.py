@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     total_minutes = (time.perf_counter() - start) / 60.0
     meta["total_minutes"] = total_minutes
     summaries = report.summarise(rows, errors) + classic.summaries(classic_rows)
-    checks = acceptance_checks(summaries, total_minutes)
+    checks = acceptance_checks(summaries, total_minutes) + (speed.speed_checks(speed_result) if speed_result else [])
     markdown = report.write_outputs(args.output, rows + classic_rows, summaries, speed_result, checks, meta)
     print(markdown)
     logger.info("results in %s (total %.1f min)", args.output, total_minutes)

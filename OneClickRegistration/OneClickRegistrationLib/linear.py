@@ -43,7 +43,7 @@ METRICS = ("mattes_mi", "correlation")
 MAX_METRIC_SAMPLES = 60_000
 # The rigid stage's finest level decides its precision: there it samples up to
 # this many voxels (the preset's fraction of a 2 mm head) and interpolates the
-# moving image with quadratic B-splines.  Linear interpolation smooths the moving
+# images with quadratic B-splines (linear_precise.py for mutual information).  Linear interpolation smooths the moving
 # image by an amount that depends on the sub-voxel position, which pulls mutual
 # information toward poses on the voxel grid, and 60 000 samples leave a few
 # hundredths of a millimetre of sampling noise.  Quadratic B-splines are as
