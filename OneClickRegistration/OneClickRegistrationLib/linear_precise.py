@@ -71,7 +71,12 @@ class PreciseRigidLevel:
         self.fixed_bins = _fixed_bins(fixed_values, fixed, bins)
         self.coefficients = quadratic_bspline_coefficients(moving)
         self._to_index = np.linalg.inv(np.asarray(moving.GetDirection()).reshape(3, 3) * np.asarray(moving.GetSpacing()))
+        self._gradient_matrix = self._to_index.T.copy()  # index gradient -> gradient in the moving space
         self._moving_origin = np.asarray(moving.GetOrigin())
+        # Each iteration's samples of the moving image, written in place (no fresh memory per iteration).
+        count = self.points.shape[0]
+        self._values, self._gradients = np.empty(count), np.empty((count, 3))
+        self._inside = np.empty(count, dtype=np.bool_)
         low, high = _intensity_range(moving)
         self._moving_low = low
         self._moving_bin_size = (high - low) / (bins - 2 * PADDING_BINS)
@@ -121,12 +126,9 @@ class PreciseRigidLevel:
         offset = center + translation - rotation @ center
         matrix = self._to_index @ rotation
         index_offset = self._to_index @ (offset - self._moving_origin)
-        count = self.points.shape[0]
-        values = np.empty(count)
-        gradients = np.empty((count, 3))
-        inside = np.empty(count, dtype=np.bool_)
-        run_slabs(linear_kernels.sample_quadratic_bspline, count, self.points, matrix, index_offset,
-                  self.coefficients, self._to_index.T.copy(), values, gradients, inside)
+        values, gradients, inside = self._values, self._gradients, self._inside
+        run_slabs(linear_kernels.sample_quadratic_bspline, values.shape[0], self.points, matrix, index_offset,
+                  self.coefficients, self._gradient_matrix, values, gradients, inside)
         positions = (values - self._moving_low) / self._moving_bin_size + PADDING_BINS
         joint = linear_kernels.mattes_joint_histogram(self.fixed_bins, positions, inside, self.bins)
         total = joint.sum()
