@@ -15,6 +15,7 @@ built on it, and the circle and C shapes.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import SimpleITK as sitk
 
 from conftest import shared_file
 
-from benchmarks import cases, classic, clinical, methods, speed
+from benchmarks import cases, classic, clinical, methods, reference, speed
 from benchmarks.worker import PeakSampler, evaluate_case
 
 PAIR = cases.PAIRS[2]  # MNI T1 -> T2: small (2 mm) volumes
@@ -111,6 +112,36 @@ def test_simpleitk_adapter_error_matches_direct_evaluation(small_case):
     direct = np.array([transform.TransformPoint(tuple(p)) for p in truth["points"]]) - truth["truth"]
     np.testing.assert_allclose(row["errors"], np.linalg.norm(direct, axis=1), atol=1e-3)
     assert np.median(row["errors"]) < 2.0, "the textbook setup should recover a small rigid motion"
+
+
+# ---------------------------------------------------------------- the truth's own precision
+
+def test_pairs_as_shipped_have_identity_truth_in_both_roles_and_a_known_offset_is_measured(tmp_path):
+    """benchmarks.reference: each pair and its swapped roles as shipped (truth = identity at fixed head
+    points); a method answering a known sub-voxel translation is measured at exactly that offset."""
+    data_dir = shared_file(PAIR.fixed).parents[1]
+    aligned = reference.aligned_cases(data_dir, tmp_path, pairs=(PAIR,))
+    assert [case.pair for case in aligned] == ["T1->T2 (MNI)", "T2->T1 (MNI)"]
+    assert [Path(case.moving_path).name for case in aligned] == [Path(PAIR.moving).name, Path(PAIR.fixed).name]
+    shift = (0.3, -0.2, 0.1)
+    for case in aligned:
+        truth = case.truth()
+        np.testing.assert_array_equal(truth["truth"], truth["points"])
+        row = evaluate_case(_method_returning(sitk.TranslationTransform(3, shift)), case.as_dict())
+        np.testing.assert_allclose(row["mean_offset"], shift, atol=1e-6)
+        np.testing.assert_allclose(row["errors"], np.linalg.norm(shift), atol=1e-5)
+
+
+def test_consensus_is_the_methods_mean_offset_and_each_distance_from_it():
+    offsets = [reference.Offset("A->B", "one", 0.4, (0.4, 0.0, 0.0)),
+               reference.Offset("A->B", "two", 0.2, (0.2, 0.0, 0.0)),
+               reference.Offset("B->A", "one", 0.3, (0.0, -0.3, 0.0))]
+    agreed = reference.consensus(offsets)
+    np.testing.assert_allclose(agreed["A->B"]["consensus_mm"], (0.3, 0.0, 0.0))
+    assert agreed["A->B"]["consensus_length_mm"] == pytest.approx(0.3)
+    assert agreed["A->B"]["from_consensus_mm"] == pytest.approx({"one": 0.1, "two": 0.1})
+    assert agreed["B->A"]["from_consensus_mm"] == pytest.approx({"one": 0.0})
+    assert "| A->B | two | 0.20 | +0.20, +0.00, +0.00 | 0.30 | 0.10 |" in reference.table(offsets)
 
 
 # ---------------------------------------------------------------- clinical-size section

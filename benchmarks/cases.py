@@ -245,7 +245,7 @@ def build_cases(data_dir: Path, out_dir: Path, plan: BuildPlan) -> list:
         fixed = sitk.ReadImage(str(fixed_path))
         moving = sitk.ReadImage(str(Path(data_dir) / pair.moving))
         mask = head_mask(fixed)
-        pair_dir = Path(out_dir) / _slug(pair.name)
+        pair_dir = Path(out_dir) / slug(pair.name)
         pair_dir.mkdir(parents=True, exist_ok=True)
         mask_path = pair_dir / "fixed_head_mask.nrrd"
         sitk.WriteImage(mask_image(mask, fixed), str(mask_path), True)
@@ -272,7 +272,7 @@ def _held_out_cases(ctx: "PairContext", pair_index: int) -> list:
         context = _swapped_context(ctx) if swapped else ctx
         if resampled:
             pair = replace(context.pair, name=f"{context.pair.name}, resampled")
-            directory = ctx.directory.parent / _slug(pair.name)
+            directory = ctx.directory.parent / slug(pair.name)
             directory.mkdir(parents=True, exist_ok=True)
             context = replace(context, pair=pair, directory=directory)
         level = LEVELS[variant_index % len(LEVELS)]
@@ -282,10 +282,8 @@ def _held_out_cases(ctx: "PairContext", pair_index: int) -> list:
 
 def _swapped_context(ctx: "PairContext") -> "PairContext":
     """The pair with its roles swapped: the moving image fixed, its head mask and points."""
-    fixed_name, moving_name = ctx.pair.name.split(" ", 1)[0].split("->")
-    qualifier = ctx.pair.name.split(" ", 1)[1] if " " in ctx.pair.name else ""
-    pair = Pair(f"{moving_name}->{fixed_name} {qualifier}".strip(), ctx.pair.moving, ctx.pair.fixed)
-    directory = ctx.directory.parent / _slug(pair.name)
+    pair = swapped_pair(ctx.pair)
+    directory = ctx.directory.parent / slug(pair.name)
     directory.mkdir(parents=True, exist_ok=True)
     mask = head_mask(ctx.moving)
     mask_path = directory / "fixed_head_mask.nrrd"
@@ -293,6 +291,13 @@ def _swapped_context(ctx: "PairContext") -> "PairContext":
     data_dir = Path(str(ctx.fixed_path)[:-len(ctx.pair.fixed)])
     fixed_path = data_dir / ctx.pair.moving
     return PairContext(pair, fixed_path, ctx.moving, ctx.fixed, mask, mask_path, directory)
+
+
+def swapped_pair(pair: Pair) -> Pair:
+    """The pair with its roles swapped, named accordingly ("T1->T2 (MNI)" -> "T2->T1 (MNI)")."""
+    fixed_name, moving_name = pair.name.split(" ", 1)[0].split("->")
+    qualifier = pair.name.split(" ", 1)[1] if " " in pair.name else ""
+    return Pair(f"{moving_name}->{fixed_name} {qualifier}".strip(), pair.moving, pair.fixed)
 
 
 @dataclass
@@ -347,7 +352,7 @@ def _deformable_case(ctx: PairContext, seed: int, entropy: tuple) -> Case:
 def _write_case(ctx: PairContext, name: str, kind: str, level: Level, seed: int,
                 moving: sitk.Image, index: np.ndarray, points: np.ndarray, truth: np.ndarray,
                 motion: RigidMotion, peak: float = 0.0) -> Case:
-    stem = _slug(f"{kind}-{level.name}-seed{seed}")
+    stem = slug(f"{kind}-{level.name}-seed{seed}")
     moving_path = ctx.directory / f"{stem}_moving.nrrd"
     truth_path = ctx.directory / f"{stem}_truth.npz"
     sitk.WriteImage(moving, str(moving_path), True)
@@ -372,7 +377,7 @@ def _write_index(cases: list, path: Path) -> None:
     path.write_text(json.dumps([case.as_dict() for case in cases], indent=1))
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     keep = "".join(ch if ch.isalnum() else "_" for ch in text)
     return "_".join(part for part in keep.split("_") if part)
 

@@ -112,7 +112,7 @@ def build_clinical_cases(data_dir: Path, out_dir: Path, specs: Sequence[Clinical
 def build_clinical_case(data_dir: Path, out_dir: Path, spec: ClinicalSpec, seed: int,
                         number: int) -> cases.Case:
     """One case's images, head mask and truth; reused when a previous run wrote them all."""
-    directory = out_dir / cases._slug(spec.name)
+    directory = out_dir / cases.slug(spec.name)
     index_path = directory / "case.json"
     if index_path.exists():
         case = cases.Case(**json.loads(index_path.read_text()))

@@ -135,6 +135,7 @@ def evaluate_case(method, case: dict) -> dict:
             "cpu_seconds": cpu,
             "peak_mb": peak_mb,
             "errors": np.linalg.norm(mapped - expected, axis=1).astype(np.float32),
+            "mean_offset": (mapped - expected).mean(axis=0),  # a bias's direction (benchmarks.reference)
             "details": mapping.details,
         }
         if method.variant == "chain":
