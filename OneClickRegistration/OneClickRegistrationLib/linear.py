@@ -154,6 +154,22 @@ def metric_image(image: sitk.Image, mask: sitk.Image, levels: int = 256) -> sitk
     return result
 
 
+def like_regions(fixed, moving) -> tuple:
+    """The regions whose centres the start aligns and whose outlines the rotation search matches.
+
+    They must show the same anatomy on both sides: the user's masks when both
+    images have one, else the heads (or 2D foregrounds).  A mask on one side only
+    narrows where the fit's metric looks, as in ANTs and elastix: set against the
+    other image's whole head it would start the search off by the distance
+    between the two centres (a mask of the upper half of a whole-head T1 made
+    the rigid stage fail by 12 mm).  fixed, moving: working.WorkingImage or
+    planar_stages.PlanarImage.
+    """
+    if fixed.mask is not None and moving.mask is not None:
+        return fixed.region_mask(), moving.region_mask()
+    return fixed.whole_region(), moving.whole_region()
+
+
 def initial_rigid(fixed_mask: sitk.Image, moving_mask: sitk.Image):
     """Rotation-free start that maps the fixed head's centre of mass onto the moving head's
     (an Euler3DTransform, or an Euler2DTransform for 2D masks: planar_stages.py)."""
@@ -192,13 +208,14 @@ class LinearStages:
         """Rigid fixed->moving transform from scratch: centres, rotation search, multi-resolution fit.
 
         The search works on the head masks and rank-normalised head intensities
-        (robust far from the answer); the final fit uses the clamped intensities
-        of the whole working image (or of the user's mask), whose optimum is the
-        most precise because the edges of the head count too.
+        (robust far from the answer; the user's masks only when both images
+        have one: see like_regions); the fit levels use the clamped intensities
+        of the whole working image (or of the fixed user's mask), whose optimum
+        is the most precise because the edges of the head count too.
         """
         report = _Progress(progress)
         report.milestone(0.0, "preparing the images")
-        fixed_head, moving_head = self.fixed.region_mask(), self.moving.region_mask()
+        fixed_head, moving_head = like_regions(self.fixed, self.moving)
         start = initial_rigid(fixed_head, moving_head)
         contenders = _search_rotations(self._search_level, fixed_head, moving_head, start, self.settings, report)
         best = self._settle_near_tie(contenders, report) if len(contenders) > 1 else contenders[0]

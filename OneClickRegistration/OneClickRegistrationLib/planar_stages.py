@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from . import imageio, score
 from .errors import InvalidInputError
-from .linear import LinearSettings, _Progress, best_visited_fit, fit_image, initial_rigid
+from .linear import LinearSettings, _Progress, best_visited_fit, fit_image, initial_rigid, like_regions
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ class PlanarImage:
         """Where the fits look: the foreground, narrowed by the user's mask when there is one."""
         return self.foreground if self.mask is None else sitk.And(self.foreground, self.mask)
 
+    def whole_region(self) -> sitk.Image:
+        """The foreground, whatever the user's mask says (see linear.like_regions)."""
+        return self.foreground
+
     @property
     def pixel(self) -> float:
         """The working copy's largest pixel side (physical units): the unit of the stages' scales."""
@@ -154,7 +158,7 @@ class PlanarLinear:
         """Rigid fixed->moving transform from scratch: centres, full-circle rotation search, coarse-to-fine fit."""
         report = _Progress(progress)
         report.milestone(0.0, "searching rotations over the full circle")
-        start = initial_rigid(self.fixed.region_mask(), self.moving.region_mask())
+        start = initial_rigid(*like_regions(self.fixed, self.moving))
         best = self._search_rotations(start, report)
         fitted = self._fit(best, LINEAR.rigid_iterations, report, 0.4, 0.6)
         return sitk.Euler2DTransform(fitted)

@@ -65,6 +65,10 @@ class WorkingImage:
         """Where the linear metric looks: the head, narrowed by the user's mask when there is one."""
         return self.head if self.mask is None else sitk.And(self.head, self.mask)
 
+    def whole_region(self) -> sitk.Image:
+        """The head, whatever the user's mask says (see linear.like_regions)."""
+        return self.head
+
 
 def reduced_copy(image: sitk.Image) -> sitk.Image:
     """`image` as float32, block-averaged (in its own pixel type) so that no voxel side is below WORKING_SPACING_MM.
