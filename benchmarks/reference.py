@@ -64,6 +64,7 @@ def aligned_cases(data_dir: Path, out_dir: Path, pairs=cases.PAIRS) -> list:
 
 
 def _aligned_case(data_dir: Path, out_dir: Path, pair: cases.Pair) -> cases.Case:
+    """The pair's files untouched; the fixed head's mask and points written under out_dir, truth = the points."""
     fixed_path = data_dir / pair.fixed
     fixed = sitk.ReadImage(str(fixed_path))
     mask = cases.head_mask(fixed)
@@ -139,6 +140,7 @@ def table(offsets: list) -> str:
 
 
 def main(argv=None) -> int:
+    """Command line: the aligned cases, every method on them, the table printed and written (reference.md, .json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("reference_output"), help="folder for results")
