@@ -28,15 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .worker import MethodWorker, limit_thread_environment
+from .run import DEFAULT_DATA  # first: benchmarks.run sets the bench's thread limits (2 threads) on import
+from .worker import MethodWorker
 
-THREADS = 2
-limit_thread_environment(THREADS)
+import numpy as np  # after the thread limits, on purpose
+import SimpleITK as sitk
 
-import numpy as np  # noqa: E402  (after the thread limits, on purpose)
-import SimpleITK as sitk  # noqa: E402
-
-from . import cases, methods  # noqa: E402
+from . import cases, methods
 
 logger = logging.getLogger("benchmarks.reference")
 
@@ -148,7 +146,6 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), help="rigid methods to compare")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per registration")
     args = parser.parse_args(argv)
-    from .run import DEFAULT_DATA
     data = args.data or DEFAULT_DATA
     if not data.is_dir():
         logger.error("shared data folder %s not found (set ONECLICK_SHARED_DATA)", data)
